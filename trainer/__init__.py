@@ -1,0 +1,1 @@
+"""hypernet-tfx trainer: the hypernetwork library and the TFX Trainer/Transform modules."""

@@ -1,0 +1,77 @@
+"""The target network as a function of (inputs, generated parameters), and as a plain Keras model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from trainer.target_spec import TargetSpec
+
+
+def split_params(spec: TargetSpec, flat: tf.Tensor) -> list[tf.Tensor]:
+    """[U, num_params] -> [U, *shape] per parameter tensor, in `get_weights()` order."""
+    sizes = [p.size for p in spec.params()]
+    pieces = tf.split(flat, sizes, axis=-1)
+    return [tf.reshape(t, [-1, *p.shape]) for t, p in zip(pieces, spec.params())]
+
+
+def apply_target(
+    spec: TargetSpec,
+    x: tf.Tensor,
+    params: Sequence[tf.Tensor],
+    index: tf.Tensor | None = None,
+    return_logits: bool = False,
+) -> tf.Tensor:
+    """Run the target MLP on x [B, input_dim] with generated parameters.
+
+    `params[k]` has a leading axis over parameter sets (one per distinct context);
+    `index` [B] says which set each example uses (None: set 0 for every example).
+    The function owns no variables, so every gradient flows to the generator.
+    """
+    h = x
+    for layer in range(spec.num_layers):
+        kernel, bias = params[2 * layer], params[2 * layer + 1]
+        if index is None:
+            h = tf.matmul(h, kernel[0]) + bias[0]
+        else:
+            h = tf.einsum("bi,bio->bo", h, tf.gather(kernel, index)) + tf.gather(bias, index)
+        if layer < spec.num_layers - 1:
+            h = _activation(spec.activation)(h)
+    return h if return_logits else _activation(spec.head)(h)
+
+
+def target_preactivations(
+    spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor]
+) -> list[tf.Tensor]:
+    """Pre-activations of every layer for one parameter set (params[k][0]); for diagnostics."""
+    out, h = [], x
+    for layer in range(spec.num_layers):
+        z = tf.matmul(h, params[2 * layer][0]) + params[2 * layer + 1][0]
+        out.append(z)
+        h = _activation(spec.activation)(z)
+    return out
+
+
+def build_target_model(spec: TargetSpec, name: str = "target_network") -> tf.keras.Model:
+    """An ordinary Keras MLP of the target architecture (weights still to be set)."""
+    inputs = tf.keras.Input(shape=(spec.input_dim,), name="features")
+    h = inputs
+    for i, units in enumerate(spec.hidden_units):
+        h = tf.keras.layers.Dense(units, activation=spec.activation, name=f"dense_{i}")(h)
+    out = tf.keras.layers.Dense(
+        spec.output_dim, activation=spec.head, name=f"dense_{spec.num_layers - 1}")(h)
+    return tf.keras.Model(inputs, out, name=name)
+
+
+def _activation(name: str):
+    return {
+        "relu": tf.nn.relu,
+        "elu": tf.nn.elu,
+        "gelu": tf.keras.activations.gelu,
+        "tanh": tf.tanh,
+        "swish": tf.nn.swish,
+        "linear": tf.identity,
+        "sigmoid": tf.sigmoid,
+        "softmax": tf.nn.softmax,
+    }[name]
