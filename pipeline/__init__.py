@@ -1,0 +1,1 @@
+"""hypernet-tfx pipeline: configuration, pipeline definition and runners."""

@@ -1,0 +1,322 @@
+"""The one source of configuration: a YAML file loaded into typed, validated dataclasses.
+
+A user with their own CSV writes a YAML file like `pipeline/taxi.yaml` and points
+HYPERNET_CONFIG (or `--config`) at it; no Python changes. The loaded config travels
+to Transform and Trainer inside the pipeline (custom_config), so every component
+sees the same values.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(PACKAGE_DIR, "taxi.yaml")
+CONFIG_ENV = "HYPERNET_CONFIG"
+
+TASKS = ("binary", "multiclass", "regression")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# "<column> <op> [<number> *] <column-or-number>", e.g. "tips > 0.2 * fare".
+_RULE = re.compile(
+    r"^\s*(?P<lhs>[A-Za-z_]\w*)\s*(?P<op>>=|<=|==|!=|>|<)\s*"
+    r"(?:(?P<factor>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
+    r"(?P<rhs>[A-Za-z_]\w*|[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the file and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRule:
+    """A binary label derived from raw columns: lhs op factor * rhs."""
+
+    lhs: str
+    op: str
+    factor: float
+    rhs: str | float
+
+    @classmethod
+    def parse(cls, text: str) -> LabelRule:
+        m = _RULE.match(text)
+        if not m:
+            raise ConfigError(
+                f"label.positive_when {text!r} is not of the form "
+                "'<column> <op> [<number> *] <column or number>' (e.g. 'tips > 0.2 * fare')")
+        rhs: str | float = m["rhs"]
+        if re.fullmatch(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", m["rhs"]):
+            rhs = float(m["rhs"])
+        return cls(m["lhs"], m["op"], float(m["factor"] or 1.0), rhs)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.lhs,) + ((self.rhs,) if isinstance(self.rhs, str) else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    name: str
+    task: str
+    column: str | None = None  # raw column holding the label as-is
+    positive_when: str | None = None  # binary label derived from raw columns
+    num_classes: int | None = None  # multiclass: filled from the vocabulary when None
+
+    @property
+    def rule(self) -> LabelRule | None:
+        return LabelRule.parse(self.positive_when) if self.positive_when else None
+
+    @property
+    def label_only_columns(self) -> tuple[str, ...]:
+        """Raw columns used for the label alone: absent from serving requests."""
+        return tuple(c for c in self.label.raw_columns if c not in self.features.all)
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """Raw columns a serving request does not carry."""
+        return self.rule.columns if self.rule else (self.column,)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesConfig:
+    numeric: tuple[str, ...] = ()
+    log_numeric: tuple[str, ...] = ()  # log1p of the clipped value, then z-score
+    categorical: tuple[str, ...] = ()
+    vocab_min_count: int = 5  # rarer values share the out-of-vocabulary bucket
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.log_numeric, *self.categorical)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    hidden_units: tuple[int, ...] = (64, 32)
+    activation: str = "relu"
+    context_embedding_dim: int = 8
+    generator_units: tuple[int, ...] = (64,)
+    chunk_size: int = 0
+    chunk_embedding_dim: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    train_steps: int = 2000
+    eval_steps: int = 200
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    epochs: int = 10  # train_steps are spread over this many epochs (early-stopping checks)
+    early_stopping_patience: int = 3
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class GatesConfig:
+    metric: str = "auc"  # auc | accuracy (classification), mse | mae (regression)
+    lower_bound: float | None = 0.9
+    upper_bound: float | None = None
+    change_tolerance: float = 0.01  # how far below the last blessed model a candidate may fall
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    direct_running_mode: str = "in_memory"  # in_memory | multi_threading | multi_processing
+    direct_num_workers: int = 1  # 0: one per CPU
+
+    def pipeline_args(self) -> list[str]:
+        return [
+            f"--direct_running_mode={self.direct_running_mode}",
+            f"--direct_num_workers={self.direct_num_workers}",
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    data_root: str
+    label: LabelConfig
+    features: FeaturesConfig
+    context: tuple[str, ...] = ()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    gates: GatesConfig = GatesConfig()
+    beam: BeamConfig = BeamConfig()
+    output_dir: str = "."
+    enable_cache: bool = True
+    source: str = "<dict>"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived views -------------------------------------------------------
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_dir, "tfx_pipeline_output", self.name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_dir, "tfx_metadata", self.name, "metadata.db")
+
+    @property
+    def serving_model_dir(self) -> str:
+        return os.path.join(self.pipeline_root, "serving_model")
+
+    @property
+    def label_only_columns(self) -> tuple[str, ...]:
+        """Raw columns used for the label alone: absent from serving requests."""
+        return tuple(c for c in self.label.raw_columns if c not in self.features.all)
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.features.all, *self.label.raw_columns)))
+
+    # -- validation ----------------------------------------------------------
+    def _fail(self, message: str) -> None:
+        raise ConfigError(f"{self.source}: {message}")
+
+    def validate(self) -> None:
+        if not _NAME.match(self.name):
+            self._fail(f"name {self.name!r} must match [a-z0-9][a-z0-9-]* (Kubeflow's rule)")
+        if self.label.task not in TASKS:
+            self._fail(f"label.task {self.label.task!r} is not one of {TASKS}")
+        if bool(self.label.column) == bool(self.label.positive_when):
+            self._fail("label needs exactly one of 'column' or 'positive_when'")
+        if self.label.positive_when:
+            if self.label.task != "binary":
+                self._fail("label.positive_when derives a binary label; set task: binary")
+            try:
+                self.label.rule  # noqa: B018 - parse for the error
+            except ConfigError as e:
+                self._fail(str(e))
+        seen: dict[str, str] = {}
+        for kind in ("numeric", "log_numeric", "categorical"):
+            for name in getattr(self.features, kind):
+                if name in seen:
+                    self._fail(f"feature {name!r} listed twice (features.{seen[name]} and "
+                               f"features.{kind})")
+                seen[name] = kind
+        if not seen:
+            self._fail("no features: list at least one under features.numeric/log_numeric/categorical")
+        if self.label.name in seen or (self.label.column and self.label.column in seen):
+            self._fail(f"label {self.label.column or self.label.name!r} is also listed as a feature")
+        for name in self.context:
+            if name not in seen:
+                self._fail(f"context feature {name!r} is not a declared feature "
+                           f"(declared: {sorted(seen)})")
+        if not set(seen) - set(self.context):
+            self._fail("every feature is a context feature: the target network needs inputs")
+        if self.gates.metric not in _GATE_METRICS[self.label.task]:
+            self._fail(f"gates.metric {self.gates.metric!r} does not fit task "
+                       f"{self.label.task!r}; choose one of {_GATE_METRICS[self.label.task]}")
+        t = self.training
+        for field in ("train_steps", "eval_steps", "batch_size", "epochs"):
+            if getattr(t, field) <= 0:
+                self._fail(f"training.{field} must be positive, got {getattr(t, field)}")
+        if self.beam.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
+            self._fail(f"beam.direct_running_mode {self.beam.direct_running_mode!r} is unknown")
+
+    def check_data(self) -> None:
+        """Every configured column exists in each CSV under data_root (the header is read)."""
+        files = sorted(glob.glob(os.path.join(self.data_root, "**", "*.csv"), recursive=True))
+        if not files:
+            self._fail(f"no CSV file under data_root {self.data_root!r}")
+        for path in files:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if not header:
+                raise ConfigError(f"{path}: empty file (no CSV header)")
+            missing = [c for c in self.raw_columns if c not in header]
+            if missing:
+                what = ", ".join(
+                    f"{c!r} ({'context feature' if c in self.context else 'label' if c in self.label.raw_columns else 'feature'})"
+                    for c in missing)
+                raise ConfigError(f"{path}: column(s) {what} named in {self.source} "
+                                  f"are not in the CSV header {header}")
+
+
+_GATE_METRICS = {
+    "binary": ("auc", "accuracy"),
+    "multiclass": ("accuracy",),
+    "regression": ("mse", "mae"),
+}
+
+
+def _build(cls, data: Mapping[str, Any] | None, where: str):
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    for key, value in data.items():
+        if isinstance(value, list):
+            data[key] = tuple(value)
+    return cls(**data)
+
+
+def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str = ".") -> PipelineConfig:
+    """Build and validate a config; relative paths are taken from base_dir."""
+    data = dict(data)
+    required = {"name", "data_root", "label", "features"}
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{source}: missing required key(s) {missing}")
+    sections = {
+        "label": LabelConfig, "features": FeaturesConfig, "model": ModelConfig,
+        "training": TrainingConfig, "gates": GatesConfig, "beam": BeamConfig,
+    }
+    try:
+        for key, cls in sections.items():
+            if key in data and not isinstance(data[key], cls):
+                data[key] = _build(cls, data[key], f"{source}: {key}")
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    for key in ("data_root", "output_dir"):
+        if key in data and not _is_remote(data[key]) and not os.path.isabs(data[key]):
+            data[key] = os.path.normpath(os.path.join(base_dir, data[key]))
+    data["context"] = tuple(data.get("context") or ())
+    data.pop("source", None)
+    allowed = {f.name for f in dataclasses.fields(PipelineConfig)}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return PipelineConfig(source=source, **data)
+
+
+def load(path: str | None = None) -> PipelineConfig:
+    """Load the YAML config at `path`, $HYPERNET_CONFIG, or the taxi default.
+
+    data_root is relative to the config file; output_dir to the working directory
+    (where ML Metadata and pipeline outputs go, as in the TFX templates).
+    """
+    path = path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data.setdefault("output_dir", os.getcwd())
+    return from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def serialize(config: PipelineConfig) -> dict[str, Any]:
+    """JSON-safe form for custom_config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def deserialize(data: Mapping[str, Any]) -> PipelineConfig:
+    return from_dict(data, source=data.get("source", "<custom_config>"))
+
+

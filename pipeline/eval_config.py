@@ -1,0 +1,71 @@
+"""The deployment gate as a TFMA EvalConfig, built from the pipeline config."""
+
+from __future__ import annotations
+
+import tensorflow_model_analysis as tfma
+
+from pipeline.configs import PipelineConfig
+
+TRANSFORM_SIGNATURE = "transform_features"
+# (TFMA metric class, higher is better) for each gate metric of each task.
+GATE_METRICS = {
+    ("binary", "auc"): ("AUC", True),
+    ("binary", "accuracy"): ("BinaryAccuracy", True),
+    ("multiclass", "accuracy"): ("SparseCategoricalAccuracy", True),
+    ("regression", "mse"): ("MeanSquaredError", False),
+    ("regression", "mae"): ("MeanAbsoluteError", False),
+}
+REPORTED = {
+    "binary": ["ExampleCount", "AUC", "BinaryAccuracy", "AUCPrecisionRecall", "Calibration",
+               "CalibrationPlot", "MeanLabel", "MeanPrediction"],
+    "multiclass": ["ExampleCount", "SparseCategoricalAccuracy", "MultiClassConfusionMatrixPlot"],
+    "regression": ["ExampleCount", "MeanSquaredError", "MeanAbsoluteError", "MeanLabel",
+                   "MeanPrediction", "Calibration"],
+}
+
+
+def output_key(config: PipelineConfig) -> str:
+    return "predictions" if config.label.task == "regression" else "probabilities"
+
+
+def gate_metric_name(config: PipelineConfig) -> str:
+    return GATE_METRICS[(config.label.task, config.gates.metric)][0]
+
+
+def gate_threshold(config: PipelineConfig) -> tfma.MetricThreshold:
+    """Absolute bound, plus no regression beyond `change_tolerance` against the baseline."""
+    _, higher_is_better = GATE_METRICS[(config.label.task, config.gates.metric)]
+    g = config.gates
+    bounds = {}
+    if g.lower_bound is not None:
+        bounds["lower_bound"] = {"value": g.lower_bound}
+    if g.upper_bound is not None:
+        bounds["upper_bound"] = {"value": g.upper_bound}
+    direction = (tfma.MetricDirection.HIGHER_IS_BETTER if higher_is_better
+                 else tfma.MetricDirection.LOWER_IS_BETTER)
+    tolerance = -g.change_tolerance if higher_is_better else g.change_tolerance
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(**bounds) if bounds else None,
+        change_threshold=tfma.GenericChangeThreshold(direction=direction,
+                                                     absolute={"value": tolerance}))
+
+
+def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    gate = gate_metric_name(config)
+    # The gate judges the overall slice; context slices are reported (and can be small).
+    overall_gate = [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
+                                                 threshold=gate_threshold(config))]
+    metrics = [
+        tfma.MetricConfig(class_name=name,
+                          per_slice_thresholds=overall_gate if name == gate else None)
+        for name in REPORTED[config.label.task]
+    ]
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name="serving_default",
+            label_key=config.label.name,
+            prediction_key=output_key(config),
+            preprocessing_function_names=[TRANSFORM_SIGNATURE])],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[c]) for c in config.context],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+    )

@@ -1,0 +1,68 @@
+"""Run the pipeline locally: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
+
+    python -m pipeline.local_runner [--config FILE] [--direct_running_mode multi_processing
+                                     --direct_num_workers 0]
+    tfx pipeline create --engine local --pipeline_path pipeline/local_runner.py
+    tfx run create --engine local --pipeline_name hypernet-taxi
+
+The TFX CLI runs this file as a script with no arguments: it reads the config
+from $HYPERNET_CONFIG (default pipeline/taxi.yaml).
+"""
+
+import os
+import sys
+
+# Keras 2 before anything imports TensorFlow (see trainer/keras_env.py).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+# Run as a script, this file's folder comes first on sys.path and its pipeline.py would
+# shadow the `pipeline` package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+if os.path.dirname(_HERE) not in sys.path:
+    sys.path.insert(0, os.path.dirname(_HERE))
+
+import argparse  # noqa: E402
+
+from absl import logging  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+
+from pipeline import configs  # noqa: E402
+from pipeline.pipeline import create_pipeline  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="YAML config (default: $HYPERNET_CONFIG "
+                        "or pipeline/taxi.yaml)")
+    parser.add_argument("--direct_running_mode", default=None,
+                        choices=["in_memory", "multi_threading", "multi_processing"])
+    parser.add_argument("--direct_num_workers", type=int, default=None,
+                        help="Beam DirectRunner workers (0: one per CPU)")
+    return parser.parse_args(argv)
+
+
+def build(argv: list[str]) -> tfx.dsl.Pipeline:
+    args = parse_args(argv)
+    config = configs.load(args.config)
+    config.check_data()
+    beam = config.beam
+    beam_args = configs.BeamConfig(
+        args.direct_running_mode or beam.direct_running_mode,
+        beam.direct_num_workers if args.direct_num_workers is None else args.direct_num_workers,
+    ).pipeline_args()
+    return create_pipeline(
+        config,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path),
+        beam_pipeline_args=beam_args,
+    )
+
+
+def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.INFO)
+    tfx.orchestration.LocalDagRunner().run(build(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

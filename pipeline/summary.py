@@ -1,0 +1,102 @@
+"""What the newest run produced: blessing, eval metrics overall and per slice, pushed model.
+
+    python -m pipeline.summary [--config FILE] [--json]
+
+Reads ML Metadata (the artifacts of the newest pipeline run), so it reports what
+TFX recorded, not what a log line claimed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from pipeline import configs
+from pipeline.eval_config import gate_metric_name
+
+
+def run_artifacts(metadata_path: str, run_id: str | None = None) -> dict[str, list[Any]]:
+    """Output artifacts of the newest (or the given) pipeline run, by artifact type name."""
+    from ml_metadata import metadata_store
+    from tfx.orchestration import metadata
+
+    store = metadata_store.MetadataStore(
+        metadata.sqlite_metadata_connection_config(metadata_path))
+    runs = store.get_contexts_by_type("pipeline_run")
+    if run_id:
+        runs = [c for c in runs if c.name == run_id]
+    if not runs:
+        return {}
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    execution_ids = [e.id for e in store.get_executions_by_context(run.id)]
+    events = [e for e in store.get_events_by_execution_ids(execution_ids)
+              if e.type == e.OUTPUT]
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    out: dict[str, list[Any]] = {"_run": [run.name]}
+    for art in store.get_artifacts_by_id(sorted({e.artifact_id for e in events})):
+        out.setdefault(types[art.type_id], []).append(art)
+    return out
+
+
+def eval_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
+    """{slice: {metric: value}} from the Evaluator's TFMA output ("overall" for all data)."""
+    import tensorflow_model_analysis as tfma
+
+    table: dict[str, dict[str, float]] = {}
+    for slice_key, metrics in tfma.load_eval_result(evaluation_uri).slicing_metrics:
+        name = "overall" if not slice_key else ", ".join(f"{k}={v}" for k, v in slice_key)
+        table[name] = {m: float(v["doubleValue"]) for m, v in metrics.get("", {}).get("", {}).items()
+                       if "doubleValue" in v}
+    return table
+
+
+def _prop(artifact: Any, key: str) -> Any:
+    if key not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[key]
+    return value.string_value if value.HasField("string_value") else value.int_value
+
+
+def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict[str, Any]:
+    arts = run_artifacts(config.metadata_path, run_id)
+    summary: dict[str, Any] = {"pipeline": config.name, "run": (arts.get("_run") or [None])[0],
+                               "gate_metric": gate_metric_name(config)}
+    for art in arts.get("ModelBlessing", []):
+        summary["blessed"] = bool(_prop(art, "blessed"))
+    for art in arts.get("ModelEvaluation", []):
+        summary["evaluation_uri"] = art.uri
+        summary["metrics"] = eval_metrics(art.uri)
+    for art in arts.get("Model", []):
+        summary["model_uri"] = art.uri
+    for art in arts.get("PushedModel", []):
+        summary["pushed"] = bool(_prop(art, "pushed"))
+        summary["pushed_destination"] = _prop(art, "pushed_destination") or None
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Summarise the newest pipeline run")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    config = configs.load(args.config)
+    if not os.path.exists(config.metadata_path):
+        print(f"no ML Metadata at {config.metadata_path}: run the pipeline first", file=sys.stderr)
+        return 1
+    summary = summarize(config)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
+    overall = summary.get("metrics", {}).get("overall", {})
+    print(f"pipeline {config.name}, run {summary.get('run')}: blessed={summary.get('blessed')} "
+          f"pushed={summary.get('pushed')}")
+    print(f"  pushed model: {summary.get('pushed_destination') or '(nothing pushed)'}")
+    print("  eval, overall: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(overall.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

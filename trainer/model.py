@@ -1,0 +1,111 @@
+"""From a pipeline config and Transform's output to the trainable composite model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline.configs import PipelineConfig
+from trainer.features import (OOV_BUCKETS, categorical_inputs, numeric_inputs,
+                              transformed_name, vocab_filename)
+from trainer.generator import ContextSpec, GeneratorConfig
+from trainer.hypernetwork import FEATURES, HyperNetwork
+from trainer.keras_env import require_legacy_keras
+from trainer.preprocessing import LABEL_VOCAB
+from trainer.target_spec import TargetSpec
+
+HEAD = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayout:
+    """Widths that only Transform's vocabularies can tell."""
+
+    vocab_sizes: dict[str, int]  # raw categorical name -> ids incl. OOV
+    num_classes: int  # 1 for binary and regression
+
+    @classmethod
+    def from_transform(cls, config: PipelineConfig, tft_output: tft.TFTransformOutput) -> ModelLayout:
+        sizes = {c: tft_output.vocabulary_size_by_name(vocab_filename(c)) + OOV_BUCKETS
+                 for c in config.features.categorical}
+        classes = 1
+        if config.label.task == "multiclass":
+            classes = config.label.num_classes or tft_output.vocabulary_size_by_name(LABEL_VOCAB)
+        return cls(sizes, classes)
+
+    def input_dim(self, config: PipelineConfig) -> int:
+        return len(numeric_inputs(config)) + sum(self.vocab_sizes[c] for c in categorical_inputs(config))
+
+
+def target_spec(config: PipelineConfig, layout: ModelLayout) -> TargetSpec:
+    return TargetSpec(layout.input_dim(config), tuple(config.model.hidden_units), layout.num_classes,
+                      activation=config.model.activation, head=HEAD[config.label.task])
+
+
+def context_spec(config: PipelineConfig, layout: ModelLayout) -> ContextSpec:
+    categorical = {c: layout.vocab_sizes[c] for c in config.context if c in layout.vocab_sizes}
+    numeric = [c for c in config.context if c not in layout.vocab_sizes]
+    return ContextSpec(categorical, numeric, config.model.context_embedding_dim)
+
+
+def generator_config(config: PipelineConfig) -> GeneratorConfig:
+    m = config.model
+    return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim)
+
+
+class FeatureAssembler(tf.keras.layers.Layer):
+    """Transformed features -> the target network's dense input (numeric + one-hots)."""
+
+    def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
+        super().__init__(**kwargs)
+        self.numeric = numeric_inputs(config)
+        self.categorical = [(transformed_name(c), layout.vocab_sizes[c])
+                            for c in categorical_inputs(config)]
+
+    def call(self, transformed: dict[str, tf.Tensor]) -> tf.Tensor:
+        parts = [tf.reshape(tf.cast(transformed[n], tf.float32), [-1, 1]) for n in self.numeric]
+        parts += [tf.one_hot(tf.reshape(transformed[n], [-1]), depth) for n, depth in self.categorical]
+        return tf.concat(parts, axis=1)
+
+
+class ConfiguredHyperModel(tf.keras.Model):
+    """Transformed features -> prediction, through the config's hypernetwork."""
+
+    def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
+        require_legacy_keras()
+        super().__init__(**kwargs)
+        self.context_names = list(config.context)
+        self.assembler = FeatureAssembler(config, layout, name="feature_assembler")
+        self.hyper = HyperNetwork(target_spec(config, layout), context_spec(config, layout),
+                                  generator_config(config), name="hypernetwork")
+
+    def hyper_inputs(self, transformed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        inputs = {FEATURES: self.assembler(transformed)}
+        for raw in self.context_names:
+            inputs[raw] = tf.reshape(transformed[transformed_name(raw)], [-1])
+        return inputs
+
+    def call(self, transformed: dict[str, tf.Tensor]) -> tf.Tensor:
+        return self.hyper(self.hyper_inputs(transformed))
+
+
+class PlainMLP(tf.keras.Model):
+    """The reference: the same target architecture, context one-hot encoded as ordinary input."""
+
+    def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
+        require_legacy_keras()
+        super().__init__(**kwargs)
+        plain = dataclasses.replace(config, context=())
+        spec = target_spec(plain, layout)
+        self.assembler = FeatureAssembler(plain, layout, name="feature_assembler")
+        self.dense = [tf.keras.layers.Dense(u, activation=spec.activation)
+                      for u in spec.hidden_units]
+        self.dense.append(tf.keras.layers.Dense(spec.output_dim, activation=spec.head))
+
+    def call(self, transformed: dict[str, tf.Tensor]) -> tf.Tensor:
+        h = self.assembler(transformed)
+        for layer in self.dense:
+            h = layer(h)
+        return h

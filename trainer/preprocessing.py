@@ -1,0 +1,108 @@
+"""Transform's preprocessing_fn, driven entirely by the pipeline config.
+
+Every raw column may be missing (the schema declares them all optional), so
+training and serving fill gaps the same way: numeric values with the training
+mean (plus a 0/1 "missing" indicator), categorical values with "" before the
+vocabulary. Values rarer than `vocab_min_count` share the out-of-vocabulary
+bucket with values never seen at all, so that bucket is trained and a new
+company at serving time gets a sensible network instead of an error.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline.configs import PipelineConfig, deserialize
+from trainer.features import OOV_BUCKETS, missing_name, transformed_name, vocab_filename
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+        "==": operator.eq, "!=": operator.ne}
+LABEL_VOCAB = "vocab_label"
+
+
+def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict:
+    """Raw features (sparse or dense) -> transformed features for the Trainer."""
+    config = deserialize(custom_config)
+    return transform_features(inputs, config)
+
+
+def transform_features(inputs: Mapping[str, Any], config: PipelineConfig) -> dict:
+    outputs: dict[str, tf.Tensor] = {}
+    for raw in config.features.log_numeric:
+        value, present = _numeric(inputs[raw])
+        logged = tf.math.log1p(tf.maximum(value, 0.0))
+        outputs.update(_scaled(raw, logged, present))
+    for raw in config.features.numeric:
+        outputs.update(_scaled(raw, *_numeric(inputs[raw])))
+    for raw in config.features.categorical:
+        outputs[transformed_name(raw)] = tft.compute_and_apply_vocabulary(
+            _string(inputs[raw]),
+            frequency_threshold=config.features.vocab_min_count,
+            num_oov_buckets=OOV_BUCKETS,
+            vocab_filename=vocab_filename(raw),
+        )
+    outputs[config.label.name] = _label(inputs, config)
+    return outputs
+
+
+def _label(inputs: Mapping[str, Any], config: PipelineConfig) -> tf.Tensor:
+    label = config.label
+    if label.rule is not None:
+        rule = label.rule
+        lhs, _ = _numeric(inputs[rule.lhs])
+        rhs = _numeric(inputs[rule.rhs])[0] if isinstance(rule.rhs, str) else rule.rhs
+        return tf.cast(_OPS[rule.op](lhs, rule.factor * rhs), tf.int64)
+    if label.task == "multiclass":
+        return tft.compute_and_apply_vocabulary(
+            _string(inputs[label.column]), vocab_filename=LABEL_VOCAB, num_oov_buckets=0)
+    if label.task == "binary":
+        return tf.cast(_numeric(inputs[label.column])[0] > 0.5, tf.int64)
+    return _numeric(inputs[label.column])[0]
+
+
+def _scaled(raw: str, value: tf.Tensor, present: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Fill gaps with the training mean of present values, then z-score."""
+    mean = tft.mean(tf.boolean_mask(value, present))
+    filled = tf.where(present, value, tf.cast(mean, value.dtype))
+    return {
+        transformed_name(raw): tft.scale_to_z_score(filled),
+        missing_name(raw): 1.0 - tf.cast(present, tf.float32),
+    }
+
+
+def _dense(x: Any, default: Any) -> tf.Tensor:
+    """[B] dense values from a [B] / [B, 1] tensor or a [B, 1] SparseTensor (gaps -> default)."""
+    if isinstance(x, tf.SparseTensor):
+        x = tf.sparse.to_dense(
+            tf.SparseTensor(x.indices, x.values, [x.dense_shape[0], 1]),
+            default_value=tf.constant(default, x.dtype))
+    return tf.reshape(x, [-1]) if x.shape.rank != 1 else x
+
+
+def _numeric(x: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """(float32 values with gaps as 0, presence mask)."""
+    if isinstance(x, tf.SparseTensor):
+        present = _dense(tf.SparseTensor(x.indices, tf.ones_like(x.values, tf.int8),
+                                         x.dense_shape), 0) > 0
+        zero = "" if x.dtype == tf.string else 0
+        value = _dense(x, zero)
+    else:
+        value = _dense(x, 0)
+        present = tf.ones_like(value, tf.bool)
+    if value.dtype == tf.string:
+        value = tf.strings.to_number(tf.where(present, value, "0"), tf.float32)
+    return tf.cast(value, tf.float32), present
+
+
+def _string(x: Any) -> tf.Tensor:
+    value = _dense(x, "" if x.dtype == tf.string else 0)
+    if value.dtype != tf.string:
+        # Integer codes (e.g. community areas) become categories; gaps stay "".
+        present = _numeric(x)[1]
+        value = tf.where(present, tf.strings.as_string(value), "")
+    return value
