@@ -1,0 +1,105 @@
+"""Config loading and validation: every bad config fails with a message naming the problem."""
+
+import copy
+import os
+
+import pytest
+import yaml
+
+from pipeline import configs
+
+BASE = {
+    "name": "toy",
+    "data_root": "data",
+    "label": {"name": "y", "task": "binary", "column": "y"},
+    "features": {"numeric": ["a"], "categorical": ["seg"]},
+    "context": ["seg"],
+}
+
+
+def write(tmp_path, data, header="a,seg,y"):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "rows.csv").write_text(header + "\n1.0,x,1\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def with_(**changes):
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
+def test_default_taxi_config_loads_and_matches_the_data():
+    config = configs.load(configs.DEFAULT_CONFIG)
+    config.check_data()
+    assert config.name == "hypernet-taxi"
+    assert config.label.rule == configs.LabelRule("tips", ">", 0.2, "fare")
+    assert config.label_only_columns == ("tips",)
+    assert config.data_root == os.path.join(os.path.dirname(configs.PACKAGE_DIR), "data", "taxi")
+    assert set(config.context) <= set(config.features.categorical)
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    config = configs.load(write(tmp_path, BASE))
+    assert config.data_root == str(tmp_path / "data")
+    config.check_data()
+
+
+def test_round_trip_through_custom_config(tmp_path):
+    config = configs.load(write(tmp_path, BASE))
+    assert configs.deserialize(configs.serialize(config)) == config
+
+
+@pytest.mark.parametrize("data, message", [
+    (with_(features__numeric=["a", "seg"]), "feature 'seg' listed twice"),
+    (with_(context=["nope"]), "context feature 'nope' is not a declared feature"),
+    (with_(label__task="ranking"), "label.task 'ranking'"),
+    (with_(name="Bad_Name"), "must match [a-z0-9][a-z0-9-]*"),
+    (with_(features__numeric=["y"]), "label 'y' is also listed as a feature"),
+    (with_(gates__metric="mse"), "gates.metric 'mse' does not fit task 'binary'"),
+    (with_(training__train_steps=0), "training.train_steps must be positive"),
+    (with_(model__hidden_unitz=[3]), "unknown key(s) ['hidden_unitz']"),
+    (with_(label__positive_when="tips >> fare", label__column=None), "is not of the form"),
+    ({k: v for k, v in BASE.items() if k != "label"}, "missing required key(s) ['label']"),
+])
+def test_invalid_configs_name_the_problem(tmp_path, data, message):
+    path = write(tmp_path, data)
+    with pytest.raises(configs.ConfigError) as err:
+        configs.load(path)
+    assert message in str(err.value)
+    assert path in str(err.value)
+
+
+def test_columns_missing_from_the_csv_are_named_with_their_role(tmp_path):
+    config = configs.load(write(tmp_path, BASE, header="a,y"))
+    with pytest.raises(configs.ConfigError) as err:
+        config.check_data()
+    assert "'seg' (context feature)" in str(err.value)
+    assert "rows.csv" in str(err.value)
+
+
+def test_label_missing_from_the_csv_is_named(tmp_path):
+    config = configs.load(write(tmp_path, BASE, header="a,seg"))
+    with pytest.raises(configs.ConfigError, match=r"'y' \(label\)"):
+        config.check_data()
+
+
+def test_empty_data_root_is_an_error(tmp_path):
+    path = write(tmp_path, BASE)
+    os.remove(tmp_path / "data" / "rows.csv")
+    with pytest.raises(configs.ConfigError, match="no CSV file under data_root"):
+        configs.load(path).check_data()
+
+
+def test_label_rule_parsing():
+    rule = configs.LabelRule.parse("tips >= 0.15 * fare")
+    assert (rule.lhs, rule.op, rule.factor, rule.rhs) == ("tips", ">=", 0.15, "fare")
+    assert configs.LabelRule.parse("score > 3").rhs == 3.0
+    assert configs.LabelRule.parse("score > 3").columns == ("score",)

@@ -1,0 +1,114 @@
+"""preprocessing_fn on real taxi rows (in-process Transform), and the exported signatures."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import configs
+from tests.support import TAXI_CSV, read_csv, run_transform, to_example
+from trainer.features import missing_name, transformed_name
+from trainer.model import ConfiguredHyperModel, ModelLayout
+from trainer.task import export
+
+ROWS = 400
+
+
+@pytest.fixture(scope="module")
+def taxi(tmp_path_factory):
+    config = configs.load(configs.DEFAULT_CONFIG)
+    rows, dtypes = read_csv(TAXI_CSV, limit=ROWS)
+    tft_output = run_transform(config, rows, dtypes, str(tmp_path_factory.mktemp("tft")))
+    return config, rows, dtypes, tft_output
+
+
+def big_tipper(rows):
+    """The label as Transform computes it: in float32, with the factor as a float32 constant."""
+    f32 = np.float32
+    return [int(f32(r["tips"]) > f32(0.2) * f32(r["fare"])) for r in rows]
+
+
+def transform(tft_output, rows, dtypes, drop=()):
+    layer = tft_output.transform_features_layer()
+    spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k not in drop}
+    serialized = tf.constant([to_example({k: v for k, v in r.items() if k not in drop}, dtypes)
+                              for r in rows])
+    return {k: v.numpy() for k, v in layer(tf.io.parse_example(serialized, spec)).items()}
+
+
+def test_label_is_derived_from_tips_and_fare(taxi):
+    config, rows, dtypes, tft_output = taxi
+    out = transform(tft_output, rows, dtypes)
+    np.testing.assert_array_equal(out["big_tipper"], big_tipper(rows))
+
+
+def test_numeric_features_are_z_scored_and_gaps_filled_with_the_mean(taxi):
+    config, rows, dtypes, tft_output = taxi
+    out = transform(tft_output, rows, dtypes)
+    fare = out[transformed_name("fare")]
+    assert abs(fare.mean()) < 1e-3 and abs(fare.std() - 1) < 1e-2
+    lat, missing = out[transformed_name("dropoff_latitude")], out[missing_name("dropoff_latitude")]
+    gaps = np.array([r["dropoff_latitude"] == "" for r in rows])
+    assert gaps.any(), "the sample should contain rows without a dropoff latitude"
+    np.testing.assert_array_equal(missing, gaps.astype(np.float32))
+    # A gap is filled with the training mean, which z-scores to (nearly) 0.
+    assert np.all(np.abs(lat[gaps] - lat[gaps][0]) < 1e-6)
+    assert abs(lat[gaps][0]) < 0.2
+
+
+def test_unseen_and_rare_categories_share_the_oov_bucket(taxi):
+    config, rows, dtypes, tft_output = taxi
+    layout = ModelLayout.from_transform(config, tft_output)
+    oov = layout.vocab_sizes["company"] - 1
+    new = [dict(rows[0], company="A Company Nobody Has Seen")]
+    assert transform(tft_output, new, dtypes)[transformed_name("company")][0] == oov
+
+
+def test_serving_without_label_columns_or_optional_fields(taxi):
+    config, rows, dtypes, tft_output = taxi
+    sparse = [{"payment_type": "Cash", "fare": "7.25"}]
+    out = transform(tft_output, sparse, dtypes, drop=config.label_only_columns)
+    assert "big_tipper" not in out
+    # Missing numerics get the training mean -> the same value as any other gap.
+    assert out[missing_name("trip_miles")][0] == 1.0
+
+
+@pytest.fixture(scope="module")
+def exported(taxi, tmp_path_factory):
+    config, rows, dtypes, tft_output = taxi
+    model = ConfiguredHyperModel(config, ModelLayout.from_transform(config, tft_output))
+    path = str(tmp_path_factory.mktemp("model"))
+    export(model, config, tft_output, path)
+    return path, model
+
+
+def test_serving_signature_takes_raw_examples_and_returns_probabilities(taxi, exported):
+    config, rows, dtypes, tft_output = taxi
+    path, _ = exported
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serving_default"]
+    (_, inputs) = serve.structured_input_signature
+    assert list(inputs) == ["examples"] and inputs["examples"].dtype == tf.string
+    requests = [{k: v for k, v in r.items() if k != "tips"} for r in rows[:8]]
+    requests.append({"company": "Brand New Cab Co", "payment_type": "Credit Card", "fare": "9.5"})
+    out = serve(examples=tf.constant([to_example(r, dtypes) for r in requests]))
+    assert list(out) == ["probabilities"]
+    p = out["probabilities"].numpy()
+    assert p.shape == (9, 1) and np.all((p >= 0) & (p <= 1))
+
+
+def test_transform_features_signature_returns_the_label(taxi, exported):
+    config, rows, dtypes, tft_output = taxi
+    path, _ = exported
+    fn = tf.saved_model.load(path).signatures["transform_features"]
+    out = fn(examples=tf.constant([to_example(r, dtypes) for r in rows[:5]]))
+    np.testing.assert_array_equal(out["big_tipper"].numpy(), big_tipper(rows[:5]))
+
+
+def test_exported_model_matches_the_in_memory_model(taxi, exported):
+    config, rows, dtypes, tft_output = taxi
+    path, model = exported
+    serialized = tf.constant([to_example(r, dtypes) for r in rows[:32]])
+    served = tf.saved_model.load(path).signatures["serving_default"](examples=serialized)
+    spec = tft_output.raw_feature_spec()
+    direct = model(tft_output.transform_features_layer()(tf.io.parse_example(serialized, spec)))
+    np.testing.assert_allclose(served["probabilities"].numpy(), direct.numpy(), atol=1e-6)
