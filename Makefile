@@ -16,9 +16,9 @@ export NO_GCE_CHECK := true
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 export PYTHONHASHSEED := 0
 
-PIPELINE_NAME ?= hypernet-taxi
 HYPERNET_CONFIG ?= pipeline/taxi.yaml
 export HYPERNET_CONFIG
+TFX := $(VENV)/bin/tfx
 
 .PHONY: help venv run test test-fast test-e2e lint bench lock clean
 help:
@@ -38,10 +38,13 @@ $(STAMP): $(LOCK) pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The way users run it: register the runner with the TFX CLI, then start a run (from this folder:
+# the CLI stores the runner's path as given).
 run: $(STAMP)
-	$(VENV)/bin/tfx pipeline create --engine local --pipeline_path pipeline/local_runner.py \
-	  || $(VENV)/bin/tfx pipeline update --engine local --pipeline_path pipeline/local_runner.py
-	$(VENV)/bin/tfx run create --engine local --pipeline_name $(PIPELINE_NAME)
+	@name=$$($(PY) -m pipeline.configs $(HYPERNET_CONFIG)) || exit 1; \
+	if $(TFX) pipeline list --engine local 2>/dev/null | grep -qx "$$name"; then verb=update; else verb=create; fi; \
+	$(TFX) pipeline $$verb --engine local --pipeline_path pipeline/local_runner.py && \
+	$(TFX) run create --engine local --pipeline_name "$$name"
 	$(PY) -m pipeline.summary --config $(HYPERNET_CONFIG)
 
 test: $(STAMP)
@@ -59,9 +62,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_step.py
 
-# Re-pin: install from pyproject without constraints, then freeze back into the lock.
+# Re-pin after changing dependencies: freeze the working venv back into the lock.
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | sed '1i pip==24.2\nsetuptools==65.5.0' > $(LOCK).new && mv $(LOCK).new $(LOCK)
+	{ sed -n '/^#/p' $(LOCK); echo pip==24.2; echo setuptools==65.5.0; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 clean:
 	rm -rf tfx_pipeline_output tfx_metadata .pytest_cache

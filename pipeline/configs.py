@@ -320,3 +320,10 @@ def deserialize(data: Mapping[str, Any]) -> PipelineConfig:
     return from_dict(data, source=data.get("source", "<custom_config>"))
 
 
+
+
+if __name__ == "__main__":
+    # `python -m pipeline.configs [FILE]`: validate a config and print its pipeline name.
+    import sys
+
+    print(load(sys.argv[1] if len(sys.argv) > 1 else None).name)

@@ -88,3 +88,53 @@ def _cast(value: str, dtype: tf.dtypes.DType):
     if dtype == tf.float32:
         return float(value)
     return value.encode()
+
+
+def pipeline_env(**extra: str) -> dict[str, str]:
+    """Environment for a pipeline subprocess: Keras 2, no cloud probe, the project on the path."""
+    env = dict(os.environ)
+    env.update(TF_USE_LEGACY_KERAS="1", NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def write_config(path: str, base: str | None = None, **overrides: Any) -> str:
+    """A YAML config: the base file (or nothing) with top-level/section keys overridden."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if base:
+        with open(base) as f:
+            data = yaml.safe_load(f)
+        data["data_root"] = os.path.normpath(os.path.join(os.path.dirname(base), data["data_root"]))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path
+
+
+def load_in_fresh_process(model_dir: str, examples: list[bytes], signature: str = "serving_default") -> dict:
+    """Run a SavedModel signature in a new Python process (nothing shared with the test's)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, base64, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "ex = [base64.b64decode(e) for e in json.load(sys.stdin)]\n"
+        "out = m.signatures[sys.argv[2]](examples=tf.constant(ex))\n"
+        "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n"
+    )
+    import base64
+
+    payload = json.dumps([base64.b64encode(e).decode() for e in examples])
+    done = subprocess.run([sys.executable, "-c", code, model_dir, signature], input=payload,
+                          capture_output=True, text=True, env=pipeline_env(), check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -8,8 +8,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline.configs import PipelineConfig
-from trainer.features import (OOV_BUCKETS, categorical_inputs, numeric_inputs,
-                              transformed_name, vocab_filename)
+from trainer.features import (
+    OOV_BUCKETS,
+    categorical_inputs,
+    numeric_inputs,
+    transformed_name,
+    vocab_filename,
+)
 from trainer.generator import ContextSpec, GeneratorConfig
 from trainer.hypernetwork import FEATURES, HyperNetwork
 from trainer.keras_env import require_legacy_keras
