@@ -124,6 +124,8 @@ class GatesConfig:
     lower_bound: float | None = 0.9
     upper_bound: float | None = None
     change_tolerance: float = 0.01  # how far below the last blessed model a candidate may fall
+    # ExampleValidator anomalies at or above this severity fail the run (None: record only).
+    anomaly_severity: str | None = "ERROR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +153,8 @@ class PipelineConfig:
     beam: BeamConfig = BeamConfig()
     output_dir: str = "."
     enable_cache: bool = True
+    # Curated schema to validate against (ImportSchemaGen); None infers one (SchemaGen).
+    schema_file: str | None = None
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
@@ -220,11 +224,17 @@ class PipelineConfig:
         for field in ("train_steps", "eval_steps", "batch_size", "epochs"):
             if getattr(t, field) <= 0:
                 self._fail(f"training.{field} must be positive, got {getattr(t, field)}")
+        if self.gates.anomaly_severity not in (None, "WARNING", "ERROR"):
+            self._fail(f"gates.anomaly_severity {self.gates.anomaly_severity!r} is not "
+                       "WARNING, ERROR or null")
         if self.beam.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             self._fail(f"beam.direct_running_mode {self.beam.direct_running_mode!r} is unknown")
 
     def check_data(self) -> None:
-        """Every configured column exists in each CSV under data_root (the header is read)."""
+        """Local inputs exist: the schema file, and every configured column in each CSV under
+        data_root (the header is read)."""
+        if self.schema_file and not os.path.exists(self.schema_file):
+            self._fail(f"schema_file {self.schema_file!r} does not exist")
         files = sorted(glob.glob(os.path.join(self.data_root, "**", "*.csv"), recursive=True))
         if not files:
             self._fail(f"no CSV file under data_root {self.data_root!r}")
@@ -278,8 +288,8 @@ def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str = "
                 data[key] = _build(cls, data[key], f"{source}: {key}")
     except TypeError as e:
         raise ConfigError(f"{source}: {e}") from e
-    for key in ("data_root", "output_dir"):
-        if key in data and not _is_remote(data[key]) and not os.path.isabs(data[key]):
+    for key in ("data_root", "output_dir", "schema_file"):
+        if data.get(key) and not _is_remote(data[key]) and not os.path.isabs(data[key]):
             data[key] = os.path.normpath(os.path.join(base_dir, data[key]))
     data["context"] = tuple(data.get("context") or ())
     data.pop("source", None)

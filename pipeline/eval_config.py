@@ -36,28 +36,31 @@ def gate_threshold(config: PipelineConfig) -> tfma.MetricThreshold:
     """Absolute bound, plus no regression beyond `change_tolerance` against the baseline."""
     _, higher_is_better = GATE_METRICS[(config.label.task, config.gates.metric)]
     g = config.gates
+    direction = (tfma.MetricDirection.HIGHER_IS_BETTER if higher_is_better
+                 else tfma.MetricDirection.LOWER_IS_BETTER)
+    tolerance = g.change_tolerance
+    change = tfma.GenericChangeThreshold(
+        direction=direction, absolute={"value": -tolerance if higher_is_better else tolerance})
     bounds = {}
     if g.lower_bound is not None:
         bounds["lower_bound"] = {"value": g.lower_bound}
     if g.upper_bound is not None:
         bounds["upper_bound"] = {"value": g.upper_bound}
-    direction = (tfma.MetricDirection.HIGHER_IS_BETTER if higher_is_better
-                 else tfma.MetricDirection.LOWER_IS_BETTER)
-    tolerance = -g.change_tolerance if higher_is_better else g.change_tolerance
     return tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(**bounds) if bounds else None,
-        change_threshold=tfma.GenericChangeThreshold(direction=direction,
-                                                     absolute={"value": tolerance}))
+        change_threshold=change)
 
 
 def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     gate = gate_metric_name(config)
-    # The gate judges the overall slice; context slices are reported (and can be small).
-    overall_gate = [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
-                                                 threshold=gate_threshold(config))]
+    context_slices = [tfma.SlicingSpec(feature_keys=[c]) for c in config.context]
+    # The gate judges the overall slice. Context slices are reported; TFMA 0.47 cannot gate
+    # them only where they are large enough (its min_slice_size turns every suppressed slice
+    # into a "Metric not found" failure), and small slices are too noisy to gate.
+    thresholds = [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
+                                               threshold=gate_threshold(config))]
     metrics = [
-        tfma.MetricConfig(class_name=name,
-                          per_slice_thresholds=overall_gate if name == gate else None)
+        tfma.MetricConfig(class_name=name, per_slice_thresholds=thresholds if name == gate else None)
         for name in REPORTED[config.label.task]
     ]
     return tfma.EvalConfig(
@@ -66,6 +69,6 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             label_key=config.label.name,
             prediction_key=output_key(config),
             preprocessing_function_names=[TRANSFORM_SIGNATURE])],
-        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[c]) for c in config.context],
+        slicing_specs=[tfma.SlicingSpec()] + context_slices,
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
     )

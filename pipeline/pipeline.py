@@ -5,6 +5,7 @@ from __future__ import annotations
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.anomaly_gate import AnomalyGate
 from pipeline.configs import PipelineConfig, serialize
 from pipeline.eval_config import build_eval_config
 
@@ -19,15 +20,19 @@ def create_pipeline(
     preprocessing_fn: str = PREPROCESSING_FN,
     run_fn: str = RUN_FN,
 ) -> tfx.dsl.Pipeline:
-    """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform -> Trainer
-    -> (latest blessed model) -> Evaluator -> Pusher."""
+    """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
+    -> Trainer -> (latest blessed model) -> Evaluator -> Pusher."""
     custom_config = serialize(config)
 
     example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    # No inferred shapes: every column is optional, so training and serving fill gaps alike.
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    if config.schema_file:
+        # A curated schema: drift from what the model was designed for is caught.
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
+    else:
+        # No inferred shapes: every column is optional, so training and serving fill gaps alike.
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     transform = tfx.components.Transform(
@@ -35,6 +40,12 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=preprocessing_fn,
         custom_config=custom_config)
+    gates = []
+    if config.gates.anomaly_severity:
+        anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
+                                   min_severity=config.gates.anomaly_severity)
+        transform.add_upstream_node(anomaly_gate)
+        gates.append(anomaly_gate)
     trainer = tfx.components.Trainer(
         run_fn=run_fn,
         examples=transform.outputs["transformed_examples"],
@@ -63,7 +74,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, *gates, transform,
                     trainer, model_resolver, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
