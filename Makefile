@@ -20,9 +20,11 @@ HYPERNET_CONFIG ?= pipeline/taxi.yaml
 export HYPERNET_CONFIG
 TFX := $(VENV)/bin/tfx
 
-.PHONY: help venv run test test-fast test-e2e lint bench lock clean
+.PHONY: help venv run retrain split-spans test test-fast test-e2e lint bench lock clean
 help:
 	@echo "make run        set up .venv, then run the pipeline on the taxi data through the TFX CLI"
+	@echo "make retrain    one scheduled retraining pass over the newest span"
+	@echo "make split-spans  split the taxi sample into time-ordered spans"
 	@echo "make test       set up .venv, then run every test (unit + e2e)"
 	@echo "make test-fast  unit tests only (seconds)"
 	@echo "make lint       ruff"
@@ -46,6 +48,15 @@ run: $(STAMP)
 	$(TFX) pipeline $$verb --engine local --pipeline_path pipeline/local_runner.py && \
 	$(TFX) run create --engine local --pipeline_name "$$name"
 	$(PY) -m pipeline.summary --config $(HYPERNET_CONFIG)
+
+# Scheduled retraining: one pass over the newest span; non-zero exit when the data fails the
+# anomaly gate (a rejected model is a successful run that pushes nothing).
+retrain: $(STAMP)
+	$(PY) -m pipeline.local_runner --retrain --config $(HYPERNET_CONFIG)
+
+# Replay retraining on real data: the taxi sample split by time into data/taxi/span-1..3.
+split-spans: $(STAMP)
+	$(PY) -m pipeline.split_spans --spans 3
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

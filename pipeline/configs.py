@@ -75,6 +75,23 @@ class LabelConfig:
         return LabelRule.parse(self.positive_when) if self.positive_when else None
 
     @property
+    def uses_spans(self) -> bool:
+        if not self.span_pattern:
+            return False
+        if _is_remote(self.data_root):
+            return True
+        return bool(glob.glob(os.path.join(self.data_root, self.span_pattern.replace("{SPAN}", "*"))))
+
+    def spans(self) -> list[int]:
+        """Span numbers present under data_root (local data), ascending."""
+        if not self.span_pattern or _is_remote(self.data_root):
+            return []
+        span_dir = self.span_pattern.split("/")[0]
+        regex = re.compile("^" + re.escape(span_dir).replace(re.escape("{SPAN}"), r"(\d+)") + "$")
+        found = (regex.match(name) for name in os.listdir(self.data_root))
+        return sorted(int(m[1]) for m in found if m)
+
+    @property
     def label_only_columns(self) -> tuple[str, ...]:
         """Raw columns used for the label alone: absent from serving requests."""
         return tuple(c for c in self.label.raw_columns if c not in self.features.all)
@@ -105,6 +122,7 @@ class ModelConfig:
     generator_units: tuple[int, ...] = (64,)
     chunk_size: int = 0
     chunk_embedding_dim: int = 16
+    generator_l2: float = 0.0  # L2 on the generator head's kernel: context-specific weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +134,8 @@ class TrainingConfig:
     epochs: int = 10  # train_steps are spread over this many epochs (early-stopping checks)
     early_stopping_patience: int = 3
     seed: int = 42
+    # Start from the last blessed model's generator when the architecture matches.
+    warm_start: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +175,10 @@ class PipelineConfig:
     enable_cache: bool = True
     # Curated schema to validate against (ImportSchemaGen); None infers one (SchemaGen).
     schema_file: str | None = None
+    # Data arriving in spans: files matching this pattern under data_root ({SPAN} = 1, 2, ...).
+    # Used when such files exist; otherwise data_root is read as one plain folder.
+    span_pattern: str | None = "span-{SPAN}/*.csv"
+    num_spans: int = 1  # the latest span, or a rolling window of the last N
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
@@ -172,6 +196,23 @@ class PipelineConfig:
     @property
     def serving_model_dir(self) -> str:
         return os.path.join(self.pipeline_root, "serving_model")
+
+    @property
+    def uses_spans(self) -> bool:
+        if not self.span_pattern:
+            return False
+        if _is_remote(self.data_root):
+            return True
+        return bool(glob.glob(os.path.join(self.data_root, self.span_pattern.replace("{SPAN}", "*"))))
+
+    def spans(self) -> list[int]:
+        """Span numbers present under data_root (local data), ascending."""
+        if not self.span_pattern or _is_remote(self.data_root):
+            return []
+        span_dir = self.span_pattern.split("/")[0]
+        regex = re.compile("^" + re.escape(span_dir).replace(re.escape("{SPAN}"), r"(\d+)") + "$")
+        found = (regex.match(name) for name in os.listdir(self.data_root))
+        return sorted(int(m[1]) for m in found if m)
 
     @property
     def label_only_columns(self) -> tuple[str, ...]:
@@ -220,6 +261,10 @@ class PipelineConfig:
         if self.gates.metric not in _GATE_METRICS[self.label.task]:
             self._fail(f"gates.metric {self.gates.metric!r} does not fit task "
                        f"{self.label.task!r}; choose one of {_GATE_METRICS[self.label.task]}")
+        if self.num_spans < 1:
+            self._fail(f"num_spans must be >= 1, got {self.num_spans}")
+        if self.span_pattern and "{SPAN}" not in self.span_pattern:
+            self._fail(f"span_pattern {self.span_pattern!r} has no {{SPAN}}")
         t = self.training
         for field in ("train_steps", "eval_steps", "batch_size", "epochs"):
             if getattr(t, field) <= 0:
@@ -230,26 +275,53 @@ class PipelineConfig:
         if self.beam.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             self._fail(f"beam.direct_running_mode {self.beam.direct_running_mode!r} is unknown")
 
+    def input_files(self) -> list[str]:
+        """The CSV files this run reads: the selected spans', or data_root's top level."""
+        if not self.uses_spans:
+            return sorted(glob.glob(os.path.join(self.data_root, "*.csv")))
+        files = []
+        for span in self.spans()[-self.num_spans:]:
+            pattern = self.span_pattern.replace("{SPAN}", str(span))
+            files += sorted(glob.glob(os.path.join(self.data_root, pattern)))
+        return files
+
     def check_data(self) -> None:
-        """Local inputs exist: the schema file, and every configured column in each CSV under
-        data_root (the header is read)."""
+        """Fail before running on inputs that cannot work, naming the file.
+
+        Checked: the schema file exists; the newest span (or the plain folder) has a CSV
+        with at least one row; in a plain folder, every configured column is in each
+        header. Columns and types of scheduled spans are the anomaly gate's job (they
+        are validated against the curated schema inside the pipeline).
+        """
         if self.schema_file and not os.path.exists(self.schema_file):
             self._fail(f"schema_file {self.schema_file!r} does not exist")
-        files = sorted(glob.glob(os.path.join(self.data_root, "**", "*.csv"), recursive=True))
+        if self.uses_spans:
+            latest = self.span_pattern.split("/")[0].replace("{SPAN}", str(self.spans()[-1]))
+            where = os.path.join(self.data_root, latest)
+        else:
+            where = self.data_root
+        files = [f for f in self.input_files() if os.path.dirname(f) == where] \
+            if self.uses_spans else self.input_files()
         if not files:
-            self._fail(f"no CSV file under data_root {self.data_root!r}")
+            self._fail(f"no CSV file in {where!r}" + (" (an empty span)" if self.uses_spans else ""))
         for path in files:
             with open(path, newline="") as f:
-                header = next(csv.reader(f), None)
+                reader = csv.reader(f)
+                header, first_row = next(reader, None), next(reader, None)
             if not header:
                 raise ConfigError(f"{path}: empty file (no CSV header)")
+            if first_row is None:
+                raise ConfigError(f"{path}: a header and no rows")
             missing = [c for c in self.raw_columns if c not in header]
-            if missing:
-                what = ", ".join(
-                    f"{c!r} ({'context feature' if c in self.context else 'label' if c in self.label.raw_columns else 'feature'})"
-                    for c in missing)
+            if missing and not self.uses_spans:
+                what = ", ".join(f"{c!r} ({self._role(c)})" for c in missing)
                 raise ConfigError(f"{path}: column(s) {what} named in {self.source} "
                                   f"are not in the CSV header {header}")
+
+    def _role(self, column: str) -> str:
+        if column in self.context:
+            return "context feature"
+        return "label" if column in self.label.raw_columns else "feature"
 
 
 _GATE_METRICS = {

@@ -7,13 +7,13 @@ import tensorflow_model_analysis as tfma
 from pipeline.configs import PipelineConfig
 
 TRANSFORM_SIGNATURE = "transform_features"
-# (TFMA metric class, higher is better) for each gate metric of each task.
+# (TFMA metric class, higher is better, key in TFMA's results) per gate metric and task.
 GATE_METRICS = {
-    ("binary", "auc"): ("AUC", True),
-    ("binary", "accuracy"): ("BinaryAccuracy", True),
-    ("multiclass", "accuracy"): ("SparseCategoricalAccuracy", True),
-    ("regression", "mse"): ("MeanSquaredError", False),
-    ("regression", "mae"): ("MeanAbsoluteError", False),
+    ("binary", "auc"): ("AUC", True, "auc"),
+    ("binary", "accuracy"): ("BinaryAccuracy", True, "binary_accuracy"),
+    ("multiclass", "accuracy"): ("SparseCategoricalAccuracy", True, "sparse_categorical_accuracy"),
+    ("regression", "mse"): ("MeanSquaredError", False, "mean_squared_error"),
+    ("regression", "mae"): ("MeanAbsoluteError", False, "mean_absolute_error"),
 }
 REPORTED = {
     "binary": ["ExampleCount", "AUC", "BinaryAccuracy", "AUCPrecisionRecall", "Calibration",
@@ -32,9 +32,14 @@ def gate_metric_name(config: PipelineConfig) -> str:
     return GATE_METRICS[(config.label.task, config.gates.metric)][0]
 
 
+def gate_metric_key(config: PipelineConfig) -> str:
+    """The gate metric's name in TFMA's results (e.g. "auc")."""
+    return GATE_METRICS[(config.label.task, config.gates.metric)][2]
+
+
 def gate_threshold(config: PipelineConfig) -> tfma.MetricThreshold:
     """Absolute bound, plus no regression beyond `change_tolerance` against the baseline."""
-    _, higher_is_better = GATE_METRICS[(config.label.task, config.gates.metric)]
+    _, higher_is_better, _ = GATE_METRICS[(config.label.task, config.gates.metric)]
     g = config.gates
     direction = (tfma.MetricDirection.HIGHER_IS_BETTER if higher_is_better
                  else tfma.MetricDirection.LOWER_IS_BETTER)

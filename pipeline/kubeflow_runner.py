@@ -7,7 +7,7 @@ Every component runs in the image built from this repository's Dockerfile, which
 installs this package: the Trainer's run_fn and Transform's preprocessing_fn are
 referenced as dotted paths into it (no local file is baked into the spec). The
 pipeline root is <output-dir>/tfx_pipeline_output/<name>; pushed models go to its
-serving_model/ folder. The curated schema is read from the image (/hypernet/...).
+serving_model/ folder.
 """
 
 import os
@@ -25,15 +25,6 @@ from pipeline import configs  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 
 DEFAULT_IMAGE = "hypernet-tfx:latest"
-IMAGE_ROOT = "/hypernet"  # the Dockerfile's WORKDIR: this repository's files in the image
-REPO_ROOT = os.path.dirname(configs.PACKAGE_DIR)
-
-
-def in_image(path: str | None) -> str | None:
-    """A file of this repository, as the container sees it."""
-    if not path or "://" in path or not os.path.abspath(path).startswith(REPO_ROOT + os.sep):
-        return path
-    return os.path.join(IMAGE_ROOT, os.path.relpath(path, REPO_ROOT))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,14 +46,15 @@ def compile_pipeline(argv: list[str]) -> dict:
     config = configs.load(args.config)
     overrides = {k: v for k, v in (("output_dir", args.output_dir), ("data_root", args.data_root))
                  if v}
-    # Only the file name of the config travels: no path of this machine goes into the spec.
-    config = dataclasses.replace(config, source=os.path.basename(config.source),
-                                 schema_file=in_image(config.schema_file), **overrides)
+    # No path of this machine goes into the spec: the config's file name only, and the
+    # curated schema's content (CuratedSchemaGen's parameter), not its path.
+    config = dataclasses.replace(config, source=os.path.basename(config.source), **overrides)
+    pipeline = create_pipeline(config)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=args.image),
         output_dir=os.path.dirname(os.path.abspath(args.output)),
         output_filename=os.path.basename(args.output))
-    return runner.run(create_pipeline(config), write_out=True)
+    return runner.run(pipeline, write_out=True)
 
 
 if __name__ == "__main__":

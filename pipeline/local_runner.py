@@ -39,12 +39,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         choices=["in_memory", "multi_threading", "multi_processing"])
     parser.add_argument("--direct_num_workers", type=int, default=None,
                         help="Beam DirectRunner workers (0: one per CPU)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="scheduled retraining: require spans, train on the newest, print "
+                        "the verdict (exit 0 even when the model is rejected)")
     return parser.parse_args(argv)
 
 
 def build(argv: list[str]) -> tfx.dsl.Pipeline:
     args = parse_args(argv)
     config = configs.load(args.config)
+    if args.retrain and not config.uses_spans:
+        raise configs.ConfigError(
+            f"--retrain needs spans matching {config.span_pattern!r} under {config.data_root} "
+            "(make split-spans makes them from the taxi sample)")
     config.check_data()
     beam = config.beam
     beam_args = configs.BeamConfig(
@@ -62,6 +69,10 @@ def build(argv: list[str]) -> tfx.dsl.Pipeline:
 def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     tfx.orchestration.LocalDagRunner().run(build(argv))
+    if parse_args(argv).retrain:
+        from pipeline import summary
+
+        summary.main(["--config", configs.load(parse_args(argv).config).source])
 
 
 if __name__ == "__main__":

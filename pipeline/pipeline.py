@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.anomaly_gate import AnomalyGate
+from components.curated_schema import CuratedSchemaGen
+from components.verdict import ModelVerdict
 from pipeline.configs import PipelineConfig, serialize
-from pipeline.eval_config import build_eval_config
+from pipeline.eval_config import build_eval_config, gate_metric_key
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
@@ -22,13 +27,25 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
     -> Trainer -> (latest blessed model) -> Evaluator -> Pusher."""
-    custom_config = serialize(config)
+    # What Transform and Trainer need; the schema travels as CuratedSchemaGen's parameter.
+    custom_config = serialize(dataclasses.replace(config, schema_file=None))
 
-    example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
+    if config.uses_spans:
+        # The newest span, or a rolling window of the last num_spans.
+        example_gen = tfx.components.CsvExampleGen(
+            input_base=config.data_root,
+            input_config=tfx.proto.Input(splits=[
+                tfx.proto.Input.Split(name="span", pattern=config.span_pattern)]),
+            range_config=tfx.proto.RangeConfig(
+                rolling_range=tfx.proto.RollingRange(num_spans=config.num_spans)))
+    else:
+        example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_file:
         # A curated schema: drift from what the model was designed for is caught.
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
+        with open(config.schema_file) as f:
+            schema_gen = CuratedSchemaGen(schema_text=f.read(),
+                                          source=os.path.basename(config.schema_file))
     else:
         # No inferred shapes: every column is optional, so training and serving fill gaps alike.
         schema_gen = tfx.components.SchemaGen(
@@ -46,24 +63,28 @@ def create_pipeline(
                                    min_severity=config.gates.anomaly_severity)
         transform.add_upstream_node(anomaly_gate)
         gates.append(anomaly_gate)
-    trainer = tfx.components.Trainer(
-        run_fn=run_fn,
-        examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-        custom_config=custom_config)
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
+    trainer = tfx.components.Trainer(
+        run_fn=run_fn,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        base_model=model_resolver.outputs["model"],  # warm start (trainer/warm_start.py)
+        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        custom_config=custom_config)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=build_eval_config(config))
+    verdict = ModelVerdict(
+        evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
+        verdict_dir=config.pipeline_root, gate_metric=gate_metric_key(config))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
@@ -75,8 +96,9 @@ def create_pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, *gates, transform,
-                    trainer, model_resolver, evaluator, pusher],
+                    model_resolver, trainer, evaluator, verdict, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or config.beam.pipeline_args(),
     )
+

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from pipeline import configs
-from pipeline.eval_config import gate_metric_name
+from pipeline.eval_config import gate_metric_key
 
 
 def run_artifacts(metadata_path: str, run_id: str | None = None) -> dict[str, list[Any]]:
@@ -63,7 +63,7 @@ def _prop(artifact: Any, key: str) -> Any:
 def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict[str, Any]:
     arts = run_artifacts(config.metadata_path, run_id)
     summary: dict[str, Any] = {"pipeline": config.name, "run": (arts.get("_run") or [None])[0],
-                               "gate_metric": gate_metric_name(config)}
+                               "gate_metric": gate_metric_key(config)}
     for art in arts.get("ModelBlessing", []):
         summary["blessed"] = bool(_prop(art, "blessed"))
     for art in arts.get("ModelEvaluation", []):
@@ -71,6 +71,10 @@ def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict
         summary["metrics"] = eval_metrics(art.uri)
     for art in arts.get("Model", []):
         summary["model_uri"] = art.uri
+    verdict_path = os.path.join(config.pipeline_root, "verdict.json")
+    if "blessed" in summary and os.path.exists(verdict_path):
+        with open(verdict_path) as f:
+            summary["verdict"] = json.load(f)
     for art in arts.get("PushedModel", []):
         summary["pushed"] = bool(_prop(art, "pushed"))
         summary["pushed_destination"] = _prop(art, "pushed_destination") or None
@@ -94,6 +98,9 @@ def main(argv: list[str]) -> int:
     print(f"pipeline {config.name}, run {summary.get('run')}: blessed={summary.get('blessed')} "
           f"pushed={summary.get('pushed')}")
     print(f"  pushed model: {summary.get('pushed_destination') or '(nothing pushed)'}")
+    if summary.get("blessed") is False:
+        for reason in summary.get("verdict", {}).get("reasons", []):
+            print(f"  rejected: {reason}")
     print("  eval, overall: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(overall.items())))
     return 0
 

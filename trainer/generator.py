@@ -67,6 +67,9 @@ class GeneratorConfig:
     chunk_size: int = 0  # 0: one dense head for all parameters
     chunk_embedding_dim: int = 16
     init: str = "hyperfan_in"
+    # L2 penalty on the head's kernel, through which the conditioning reaches the weights:
+    # it shrinks each context's generated weights toward shared ones (the head's bias).
+    head_l2: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trunk_units", tuple(int(u) for u in self.trunk_units))
@@ -76,6 +79,8 @@ class GeneratorConfig:
             raise ValueError(f"generator chunk_size must be >= 0, got {self.chunk_size}")
         if self.init not in INITS:
             raise ValueError(f"generator init {self.init!r} unknown; choose one of {INITS}")
+        if self.head_l2 < 0:
+            raise ValueError(f"generator head_l2 must be >= 0, got {self.head_l2}")
 
 
 def hyperfan_in_scale(spec: TargetSpec) -> np.ndarray:
@@ -99,15 +104,16 @@ class ContextEncoder(tf.keras.layers.Layer):
                 embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
             for name, size in context.categorical.items()
         }
-        if context.is_static:
-            self.constant = self.add_weight(
-                name="static_embedding", shape=(1, context.embedding_dim),
-                initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
+        # A learned constant part of every conditioning vector: the whole of it for a static
+        # hypernetwork; with contexts it keeps the vector non-zero (a numeric context of 0).
+        self.constant = self.add_weight(
+            name="static_embedding", shape=(1, context.embedding_dim),
+            initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
 
     def call(self, rows: tf.Tensor | None) -> tf.Tensor:
         if self.context.is_static:
             return self.constant
-        parts = []
+        parts = [tf.tile(self.constant, [tf.shape(rows)[0], 1])]
         for i, name in enumerate(self.context.names):
             column = rows[:, i]
             if name in self.embeddings:
@@ -137,7 +143,9 @@ class WeightGenerator(tf.keras.layers.Layer):
         else:
             head_init = "glorot_uniform"
             self.scale = None
-        self.head = tf.keras.layers.Dense(width, kernel_initializer=head_init, name="head")
+        self.head = tf.keras.layers.Dense(
+            width, kernel_initializer=head_init, name="head",
+            kernel_regularizer=tf.keras.regularizers.L2(config.head_l2) if config.head_l2 else None)
         if config.chunk_size:
             self.num_chunks = math.ceil(spec.num_params / config.chunk_size)
             self.chunk_embeddings = self.add_weight(

@@ -57,7 +57,8 @@ def context_spec(config: PipelineConfig, layout: ModelLayout) -> ContextSpec:
 
 def generator_config(config: PipelineConfig) -> GeneratorConfig:
     m = config.model
-    return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim)
+    return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
+                           head_l2=m.generator_l2)
 
 
 class FeatureAssembler(tf.keras.layers.Layer):

@@ -94,7 +94,7 @@ def test_label_missing_from_the_csv_is_named(tmp_path):
 def test_empty_data_root_is_an_error(tmp_path):
     path = write(tmp_path, BASE)
     os.remove(tmp_path / "data" / "rows.csv")
-    with pytest.raises(configs.ConfigError, match="no CSV file under data_root"):
+    with pytest.raises(configs.ConfigError, match="no CSV file in"):
         configs.load(path).check_data()
 
 

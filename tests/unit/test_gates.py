@@ -102,3 +102,12 @@ def test_regression_gate_is_lower_is_better():
     threshold = mse.per_slice_thresholds[0].threshold
     assert threshold.value_threshold.upper_bound.value == 4.0
     assert threshold.change_threshold.absolute.value == pytest.approx(0.01)
+
+
+def test_curation_marks_nearly_empty_columns_optional():
+    schema = schema_pb2.Schema()
+    schema.feature.add(name="tract", type=schema_pb2.INT).presence.min_fraction = 1.0
+    curated = curate(schema, optional=("tract",))
+    assert curated.feature[0].presence.min_fraction == 0.0
+    with pytest.raises(ValueError, match="not in the schema: \\['nope'\\]"):
+        curate(schema, optional=("nope",))
