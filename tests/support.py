@@ -108,7 +108,9 @@ def write_config(path: str, base: str | None = None, **overrides: Any) -> str:
     if base:
         with open(base) as f:
             data = yaml.safe_load(f)
-        data["data_root"] = os.path.normpath(os.path.join(os.path.dirname(base), data["data_root"]))
+        for key in ("data_root", "schema_file"):  # relative to the base file: make absolute
+            if data.get(key):
+                data[key] = os.path.normpath(os.path.join(os.path.dirname(base), data[key]))
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}

@@ -1,14 +1,30 @@
 """Warm start: begin retraining from the last blessed model's generator weights.
 
-Only when the architecture matches exactly (same variables, same shapes: same
-vocabularies, target and generator sizes). Otherwise training starts from scratch
-and the reason is logged, never half-copied.
+Only when the architecture matches exactly: the same vocabularies (an id must mean
+the same value: embedding rows and one-hot inputs are indexed by it) and the same
+variables with the same shapes. Otherwise training starts from scratch and the
+reason is logged, never half-copied.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import tensorflow as tf
 from absl import logging
+
+
+def vocabulary_change(vocabularies: Mapping[str, str], base_model_dir: str) -> str | None:
+    """Which vocabulary differs between this run (name -> file) and the base model's assets."""
+    for name, path in sorted(vocabularies.items()):
+        base = os.path.join(base_model_dir, "assets", os.path.basename(path))
+        if not tf.io.gfile.exists(base):
+            return f"the base model has no vocabulary {os.path.basename(path)}"
+        with tf.io.gfile.GFile(path, "rb") as ours, tf.io.gfile.GFile(base, "rb") as theirs:
+            if ours.read() != theirs.read():
+                return f"vocabulary of {name} changed since the base model"
+    return None
 
 
 def _key(variable: tf.Variable) -> str:
@@ -29,13 +45,17 @@ def mismatch(model_vars: list[tf.Variable], base_vars: list[tf.Variable]) -> str
     return None
 
 
-def warm_start(hyper: tf.keras.Model, base_model_dir: str | None) -> str | None:
+def warm_start(hyper: tf.keras.Model, base_model_dir: str | None,
+               vocabularies: Mapping[str, str]) -> str | None:
     """Copy the base model's hypernetwork weights into `hyper` (already built).
 
-    Returns None when copied, else the reason it was not.
+    `vocabularies`: this run's vocabulary files by feature. Returns None when copied,
+    else the reason it was not.
     """
     if not base_model_dir:
         reason = "no blessed model yet"
+    elif (reason := vocabulary_change(vocabularies, base_model_dir)) is not None:
+        pass
     else:
         try:
             base = tf.saved_model.load(base_model_dir)
