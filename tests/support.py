@@ -73,9 +73,15 @@ def run_transform(config, rows, dtypes, output_dir: str | None = None):
     metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
     instances = [{k: ([] if v == "" else [_cast(v, dtypes[k])]) for k, v in r.items()} for r in rows]
     fn = functools.partial(preprocessing_fn, custom_config=serialize(config))
-    with tft_beam.Context(temp_dir=os.path.join(output_dir, "tmp"), force_tf_compat_v1=False):
-        (_, _), transform_fn = (instances, metadata) | tft_beam.AnalyzeAndTransformDataset(
-            fn, output_record_batches=True)
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    # The FnApiRunner, as TFX's components use: the bundle-based DirectRunner leaves
+    # tft.bucketize's quantiles stage unexecuted ("watermark-pending bundles").
+    with beam.Pipeline(runner=FnApiRunner()) as p, tft_beam.Context(temp_dir=os.path.join(output_dir, "tmp"),
+                                                force_tf_compat_v1=False):
+        raw = p | beam.Create(instances, reshuffle=False)
+        transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(fn)
         _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
     # TFX's Transform also records the raw schema; TFTransformOutput.raw_feature_spec() reads it.
     metadata_io.write_metadata(metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))

@@ -20,6 +20,11 @@ def vocab_filename(raw: str) -> str:
     return f"vocab_{raw}"
 
 
+def bucket_name(raw: str) -> str:
+    """The categorical feature holding a numeric feature's quantile bucket."""
+    return f"{raw}_bucket"
+
+
 def numeric_inputs(config: PipelineConfig) -> list[str]:
     """Transformed float features fed to the target network, in a fixed order."""
     names: list[str] = []
@@ -31,5 +36,7 @@ def numeric_inputs(config: PipelineConfig) -> list[str]:
 
 
 def categorical_inputs(config: PipelineConfig) -> list[str]:
-    """Raw categorical columns one-hot encoded into the target network's input."""
-    return [c for c in config.features.categorical if c not in config.context]
+    """Categorical features (raw columns, then numeric features' buckets) one-hot encoded
+    into the target network's input."""
+    names = [c for c in config.features.categorical if c not in config.context]
+    return names + [bucket_name(c) for c in config.features.bucketized if c not in config.context]

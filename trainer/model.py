@@ -10,6 +10,7 @@ import tensorflow_transform as tft
 from pipeline.configs import PipelineConfig
 from trainer.features import (
     OOV_BUCKETS,
+    bucket_name,
     categorical_inputs,
     numeric_inputs,
     transformed_name,
@@ -28,13 +29,15 @@ HEAD = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
 class ModelLayout:
     """Widths that only Transform's vocabularies can tell."""
 
-    vocab_sizes: dict[str, int]  # raw categorical name -> ids incl. OOV
+    vocab_sizes: dict[str, int]  # categorical input (raw column or bucket) -> ids incl. OOV
     num_classes: int  # 1 for binary and regression
 
     @classmethod
     def from_transform(cls, config: PipelineConfig, tft_output: tft.TFTransformOutput) -> ModelLayout:
         sizes = {c: tft_output.vocabulary_size_by_name(vocab_filename(c)) + OOV_BUCKETS
                  for c in config.features.categorical}
+        sizes.update({bucket_name(c): config.features.num_buckets
+                      for c in config.features.bucketized})
         classes = 1
         if config.label.task == "multiclass":
             classes = config.label.num_classes or tft_output.vocabulary_size_by_name(LABEL_VOCAB)

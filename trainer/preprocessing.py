@@ -18,7 +18,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline.configs import PipelineConfig, deserialize
-from trainer.features import OOV_BUCKETS, missing_name, transformed_name, vocab_filename
+from trainer.features import (
+    OOV_BUCKETS,
+    bucket_name,
+    missing_name,
+    transformed_name,
+    vocab_filename,
+)
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
         "==": operator.eq, "!=": operator.ne}
@@ -36,9 +42,9 @@ def transform_features(inputs: Mapping[str, Any], config: PipelineConfig) -> dic
     for raw in config.features.log_numeric:
         value, present = _numeric(inputs[raw])
         logged = tf.math.log1p(tf.maximum(value, 0.0))
-        outputs.update(_scaled(raw, logged, present))
+        outputs.update(_scaled(raw, logged, present, _num_buckets(raw, config)))
     for raw in config.features.numeric:
-        outputs.update(_scaled(raw, *_numeric(inputs[raw])))
+        outputs.update(_scaled(raw, *_numeric(inputs[raw]), _num_buckets(raw, config)))
     for raw in config.features.categorical:
         outputs[transformed_name(raw)] = tft.compute_and_apply_vocabulary(
             _string(inputs[raw]),
@@ -65,14 +71,24 @@ def _label(inputs: Mapping[str, Any], config: PipelineConfig) -> tf.Tensor:
     return _numeric(inputs[label.column])[0]
 
 
-def _scaled(raw: str, value: tf.Tensor, present: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Fill gaps with the training mean of present values, then z-score."""
+def _num_buckets(raw: str, config: PipelineConfig) -> int:
+    return config.features.num_buckets if raw in config.features.bucketized else 0
+
+
+def _scaled(raw: str, value: tf.Tensor, present: tf.Tensor,
+            num_buckets: int = 0) -> dict[str, tf.Tensor]:
+    """Fill gaps with the training mean of present values, then z-score; with num_buckets,
+    also the quantile bucket (ids 0..num_buckets-1) of the filled value."""
     mean = tft.mean(tf.boolean_mask(value, present))
     filled = tf.where(present, value, tf.cast(mean, value.dtype))
-    return {
+    out = {
         transformed_name(raw): tft.scale_to_z_score(filled),
         missing_name(raw): 1.0 - tf.cast(present, tf.float32),
     }
+    if num_buckets:
+        # Of the filled value: the z-score's buckets, one analysis phase fewer.
+        out[transformed_name(bucket_name(raw))] = tft.bucketize(filled, num_buckets)
+    return out
 
 
 def _dense(x: Any, default: Any) -> tf.Tensor:

@@ -1,0 +1,322 @@
+"""Quality benchmark: the configured hypernetwork vs a plain MLP vs gradient-boosted trees.
+
+    python bench/quality.py [--config pipeline/taxi.yaml] [--pipeline-root DIR] [--seeds 3]
+                            [--set model.context_embedding_dim=4 ...] [--no-gbt]
+
+Both Keras models train on the Transform output of one pipeline run with the
+Trainer's own code (trainer.task.make_dataset / compile_model / train: same
+optimizer, steps and early stopping on the eval split); the plain MLP has the
+same target architecture with the context features one-hot encoded as ordinary
+inputs. Each is then scored on the whole Split-eval, once (accuracy at 0.5 and
+sklearn's ROC AUC). The GBT reference is sklearn's HistGradientBoostingClassifier
+on the raw ExampleGen columns of the same splits (categorical columns as
+categorical). With --seeds N every number is the median over N seeds.
+
+Without --pipeline-root, ExampleGen -> StatisticsGen -> SchemaGen -> Transform of
+the config's pipeline run first in a temporary directory (a partial run of
+create_pipeline's DAG). Prints one JSON line on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import yaml  # noqa: E402
+from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx.components.trainer.fn_args_utils import DataAccessor  # noqa: E402
+from tfx.components.util import tfxio_utils  # noqa: E402
+from tfx.types import standard_artifacts  # noqa: E402
+from tfx_bsl.public import tfxio  # noqa: E402
+
+from pipeline import configs  # noqa: E402
+from pipeline.configs import PipelineConfig  # noqa: E402
+from trainer.features import categorical_inputs, numeric_inputs, transformed_name  # noqa: E402
+from trainer.model import ConfiguredHyperModel, ModelLayout, PlainMLP  # noqa: E402
+from trainer.preprocessing import _OPS  # noqa: E402
+from trainer.task import compile_model, make_dataset, train  # noqa: E402
+
+EVAL_BATCH = 1024
+GBT_MAX_CATEGORIES = 250  # HistGradientBoosting needs fewer categories than max_bins (255)
+
+
+# -- pipeline artifacts -------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RunArtifacts:
+    """URIs of one finished run's ExampleGen and Transform outputs."""
+
+    raw_examples: str  # CsvExampleGen/examples/<id>
+    transformed_examples: str  # Transform/transformed_examples/<id>
+    transform_graph: str  # Transform/transform_graph/<id>
+
+
+def _newest(parent: str) -> str:
+    """The artifact directory with the highest numeric id under parent."""
+    ids = [d for d in os.listdir(parent) if d.isdigit()] if os.path.isdir(parent) else []
+    if not ids:
+        raise FileNotFoundError(f"no artifact under {parent}")
+    return os.path.join(parent, max(ids, key=int))
+
+
+def find_artifacts(pipeline_root: str) -> RunArtifacts:
+    return RunArtifacts(
+        raw_examples=_newest(os.path.join(pipeline_root, "CsvExampleGen", "examples")),
+        transformed_examples=_newest(
+            os.path.join(pipeline_root, "Transform", "transformed_examples")),
+        transform_graph=_newest(os.path.join(pipeline_root, "Transform", "transform_graph")),
+    )
+
+
+def run_transform(config: PipelineConfig, output_dir: str) -> str:
+    """ExampleGen..Transform of the config's pipeline into output_dir; returns its root."""
+    from pipeline.pipeline import create_pipeline
+
+    config = dataclasses.replace(config, output_dir=output_dir, enable_cache=False)
+    dag = create_pipeline(
+        config,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path))
+    from tfx.orchestration.pipeline import RunOptions
+
+    with contextlib.redirect_stdout(sys.stderr):
+        tfx.orchestration.LocalDagRunner().run(dag, run_options=RunOptions(to_nodes=["Transform"]))
+    return config.pipeline_root
+
+
+def check_transform(config: PipelineConfig, tft_output: tft.TFTransformOutput,
+                    art: RunArtifacts) -> None:
+    """Fail clearly when the run's Transform was made with a config lacking our features."""
+    names = {config.label.name, *numeric_inputs(config),
+             *(transformed_name(c) for c in (*categorical_inputs(config), *config.context))}
+    missing = sorted(names - set(tft_output.transformed_feature_spec()))
+    if missing:
+        raise SystemExit(f"{art.transform_graph} has no {missing}: that run's Transform used a "
+                         "different config; pass a matching --pipeline-root or none")
+
+
+def data_accessor(examples_uri: str) -> DataAccessor:
+    """The DataAccessor the Trainer would get for this Examples artifact."""
+    artifact = standard_artifacts.Examples()
+    artifact.uri = examples_uri
+    artifact.split_names = '["train", "eval"]'
+    descriptors = ["bench", "quality"]
+    return DataAccessor(
+        tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
+            [artifact], descriptors),
+        record_batch_factory=tfxio_utils.get_record_batch_factory_from_artifact(
+            [artifact], descriptors),
+        data_view_decode_fn=None)
+
+
+def split_files(examples_uri: str, split: str) -> list[str]:
+    return [os.path.join(examples_uri, f"Split-{split}", "*")]
+
+
+# -- Keras models -------------------------------------------------------------
+def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {"accuracy": float(np.mean((probs >= 0.5) == (labels > 0.5))),
+            "auc": float(roc_auc_score(labels, probs))}
+
+
+def eval_arrays(accessor: DataAccessor, files: list[str], tft_output: tft.TFTransformOutput,
+                config: PipelineConfig) -> list[tuple[dict[str, tf.Tensor], np.ndarray]]:
+    """The whole eval split once, in order, as (features, labels) batches."""
+    options = tfxio.TensorFlowDatasetOptions(
+        batch_size=EVAL_BATCH, label_key=config.label.name, shuffle=False, num_epochs=1)
+    ds = accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
+    return [(x, np.reshape(y.numpy(), [-1])) for x, y in ds]
+
+
+def fit_and_score(build: Callable[[], tf.keras.Model], config: PipelineConfig,
+                  accessor: DataAccessor, art: RunArtifacts, tft_output: tft.TFTransformOutput,
+                  eval_batches) -> dict[str, Any]:
+    tf.keras.utils.set_random_seed(config.training.seed)
+    train_ds = make_dataset(split_files(art.transformed_examples, "train"), accessor,
+                            tft_output, config)
+    val_ds = make_dataset(split_files(art.transformed_examples, "eval"), accessor,
+                          tft_output, config)
+    model = build()
+    compile_model(model, config)
+    start = time.time()
+    with contextlib.redirect_stdout(sys.stderr):
+        history = train(model, config, train_ds, val_ds)
+    seconds = time.time() - start
+    probs = np.concatenate([np.reshape(model(x).numpy(), [-1]) for x, _ in eval_batches])
+    labels = np.concatenate([y for _, y in eval_batches])
+    out = score(labels, probs)
+    out.update(params=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+               epochs=len(history["loss"]),
+               best_epoch=int(np.argmin(history["val_loss"])) + 1,
+               seconds=round(seconds, 1))
+    return out
+
+
+# -- gradient-boosted trees on the raw columns --------------------------------
+def read_raw(examples_uri: str, split: str) -> dict[str, list]:
+    """Every feature of a gzipped tf.Example split as a column list (None = missing)."""
+    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    rows = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        example = tf.train.Example.FromString(record)
+        row = {}
+        for key, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            values = list(getattr(feature, kind).value) if kind else []
+            row[key] = values[0] if values else None
+        rows.append(row)
+    keys = sorted({k for r in rows for k in r})
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _number(values: Sequence[Any]) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def raw_label(columns: dict[str, list], config: PipelineConfig) -> np.ndarray:
+    """The Transform's label, from raw columns (gaps count as 0, as in preprocessing)."""
+    rule, label = config.label.rule, config.label
+    if rule is None:
+        if label.task != "binary":
+            raise SystemExit("bench/quality.py scores binary labels only")
+        return (np.nan_to_num(_number(columns[label.column])) > 0.5).astype(np.int64)
+    lhs = np.nan_to_num(_number(columns[rule.lhs]))
+    rhs = np.nan_to_num(_number(columns[rule.rhs])) if isinstance(rule.rhs, str) else rule.rhs
+    return _OPS[rule.op](lhs, rule.factor * rhs).astype(np.int64)
+
+
+def raw_matrix(columns: dict[str, list], config: PipelineConfig,
+               vocabs: dict[str, dict[Any, int]]) -> np.ndarray:
+    """Numeric columns as floats (NaN = missing), categorical ones as vocabulary codes."""
+    n = len(next(iter(columns.values())))
+    parts = []
+    for name in (*config.features.numeric, *config.features.log_numeric):
+        parts.append(_number(columns.get(name, [None] * n)))
+    for name in config.features.categorical:
+        vocab = vocabs[name]
+        parts.append(np.array([vocab.get(v, np.nan) for v in columns.get(name, [None] * n)],
+                              dtype=np.float64))
+    return np.stack(parts, axis=1)
+
+
+def gbt_scores(art: RunArtifacts, config: PipelineConfig, seed: int) -> dict[str, float]:
+    train_cols, eval_cols = read_raw(art.raw_examples, "train"), read_raw(art.raw_examples, "eval")
+    vocabs = {}
+    for name in config.features.categorical:
+        counts = Counter(v for v in train_cols.get(name, []) if v is not None)
+        vocabs[name] = {v: i for i, (v, _) in enumerate(counts.most_common(GBT_MAX_CATEGORIES))}
+    n_numeric = len(config.features.numeric) + len(config.features.log_numeric)
+    mask = [i >= n_numeric for i in range(n_numeric + len(config.features.categorical))]
+    model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed)
+    model.fit(raw_matrix(train_cols, config, vocabs), raw_label(train_cols, config))
+    probs = model.predict_proba(raw_matrix(eval_cols, config, vocabs))[:, 1]
+    return score(raw_label(eval_cols, config), probs)
+
+
+# -- main ---------------------------------------------------------------------
+def apply_overrides(config_path: str, overrides: Sequence[str]) -> PipelineConfig:
+    """Load the YAML config with `section.key=yaml-value` overrides applied."""
+    with open(config_path) as f:
+        data = yaml.safe_load(f) or {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *sections, leaf = key.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = yaml.safe_load(value)
+    data.setdefault("output_dir", os.getcwd())
+    return configs.from_dict(data, source=config_path,
+                             base_dir=os.path.dirname(os.path.abspath(config_path)))
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=configs.DEFAULT_CONFIG, help="YAML pipeline config")
+    parser.add_argument("--pipeline-root", default=None,
+                        help="a finished run's pipeline root (newest CsvExampleGen and Transform "
+                             "artifacts are used); default: run ExampleGen..Transform first")
+    parser.add_argument("--seeds", type=int, default=1, help="median over this many seeds")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (YAML syntax), e.g. model.generator_units=[32]")
+    parser.add_argument("--no-gbt", action="store_true", help="skip the gradient-boosted trees")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain MLP")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    config = apply_overrides(args.config, args.set)
+    if config.label.task != "binary":
+        raise SystemExit("bench/quality.py scores binary labels only")
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        root = args.pipeline_root or run_transform(config, tmp)
+        art = find_artifacts(root)
+        tft_output = tft.TFTransformOutput(art.transform_graph)
+        check_transform(config, tft_output, art)
+        layout = ModelLayout.from_transform(config, tft_output)
+        accessor = data_accessor(art.transformed_examples)
+        eval_batches = eval_arrays(accessor, split_files(art.transformed_examples, "eval"),
+                                   tft_output, config)
+
+        runs: dict[str, list[dict[str, Any]]] = {"hyper": [], "plain": [], "gbt": []}
+        for i in range(args.seeds):
+            seeded = dataclasses.replace(
+                config, training=dataclasses.replace(config.training,
+                                                     seed=config.training.seed + i))
+            runs["hyper"].append(fit_and_score(
+                lambda c=seeded: ConfiguredHyperModel(c, layout, name="hyper_model"),
+                seeded, accessor, art, tft_output, eval_batches))
+            print(f"seed {seeded.training.seed} hyper: {runs['hyper'][-1]}", file=sys.stderr)
+            if not args.no_plain:
+                runs["plain"].append(fit_and_score(
+                    lambda c=seeded: PlainMLP(c, layout, name="plain_mlp"),
+                    seeded, accessor, art, tft_output, eval_batches))
+                print(f"seed {seeded.training.seed} plain: {runs['plain'][-1]}", file=sys.stderr)
+            if not args.no_gbt:
+                runs["gbt"].append(gbt_scores(art, seeded, seeded.training.seed))
+                print(f"seed {seeded.training.seed} gbt: {runs['gbt'][-1]}", file=sys.stderr)
+
+    def med(kind: str, key: str) -> float | None:
+        values = [r[key] for r in runs[kind]]
+        return round(float(statistics.median(values)), 4) if values else None
+
+    result = {
+        "bench": "quality", "dataset": config.name.removeprefix("hypernet-"),
+        "accuracy": med("hyper", "accuracy"), "auc": med("hyper", "auc"),
+        "plain_mlp_accuracy": med("plain", "accuracy"), "plain_mlp_auc": med("plain", "auc"),
+        "gbt_accuracy": med("gbt", "accuracy"), "gbt_auc": med("gbt", "auc"),
+        "hyper_params": runs["hyper"][0]["params"],
+        "plain_params": runs["plain"][0]["params"] if runs["plain"] else None,
+        "steps": config.training.train_steps,
+        "seeds": args.seeds,
+        "hyper_train_seconds": med("hyper", "seconds"),
+        "plain_train_seconds": med("plain", "seconds"),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
