@@ -20,7 +20,7 @@ HYPERNET_CONFIG ?= pipeline/taxi.yaml
 export HYPERNET_CONFIG
 TFX := $(VENV)/bin/tfx
 
-.PHONY: help venv run retrain split-spans test test-fast test-e2e lint bench lock clean
+.PHONY: help venv run retrain split-spans test test-fast test-e2e lint bench image lock clean
 help:
 	@echo "make run        set up .venv, then run the pipeline on the taxi data through the TFX CLI"
 	@echo "make retrain    one scheduled retraining pass over the newest span"
@@ -29,6 +29,7 @@ help:
 	@echo "make test-fast  unit tests only (seconds)"
 	@echo "make lint       ruff"
 	@echo "make bench      benchmarks (JSON lines)"
+	@echo "make image      docker build -t $(IMAGE) . (the Kubeflow image; needs a Docker engine)"
 
 venv: $(STAMP)
 
@@ -72,6 +73,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
+
+# The Kubeflow image (Dockerfile's default target); IMAGE=registry/name:tag to tag it for a push.
+IMAGE ?= hypernet-tfx:latest
+image:
+	@command -v docker >/dev/null 2>&1 || { echo "make image: the docker client is not installed" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable (is dockerd running? DOCKER_HOST=$${DOCKER_HOST:-unset}); nothing was built" >&2; exit 1; }
+	docker build -t $(IMAGE) .
 
 # Re-pin after changing dependencies: freeze the working venv back into the lock.
 lock: $(STAMP)

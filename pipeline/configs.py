@@ -23,6 +23,7 @@ DEFAULT_CONFIG = os.path.join(PACKAGE_DIR, "taxi.yaml")
 CONFIG_ENV = "HYPERNET_CONFIG"
 
 TASKS = ("binary", "multiclass", "regression")
+DISTRIBUTIONS = ("default", "multi_worker_mirrored")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # "<column> <op> [<number> *] <column-or-number>", e.g. "tips > 0.2 * fare".
 _RULE = re.compile(
@@ -75,30 +76,8 @@ class LabelConfig:
         return LabelRule.parse(self.positive_when) if self.positive_when else None
 
     @property
-    def uses_spans(self) -> bool:
-        if not self.span_pattern:
-            return False
-        if _is_remote(self.data_root):
-            return True
-        return bool(glob.glob(os.path.join(self.data_root, self.span_pattern.replace("{SPAN}", "*"))))
-
-    def spans(self) -> list[int]:
-        """Span numbers present under data_root (local data), ascending."""
-        if not self.span_pattern or _is_remote(self.data_root):
-            return []
-        span_dir = self.span_pattern.split("/")[0]
-        regex = re.compile("^" + re.escape(span_dir).replace(re.escape("{SPAN}"), r"(\d+)") + "$")
-        found = (regex.match(name) for name in os.listdir(self.data_root))
-        return sorted(int(m[1]) for m in found if m)
-
-    @property
-    def label_only_columns(self) -> tuple[str, ...]:
-        """Raw columns used for the label alone: absent from serving requests."""
-        return tuple(c for c in self.label.raw_columns if c not in self.features.all)
-
-    @property
     def raw_columns(self) -> tuple[str, ...]:
-        """Raw columns a serving request does not carry."""
+        """The raw columns the label is made from."""
         return self.rule.columns if self.rule else (self.column,)
 
 
@@ -108,6 +87,10 @@ class FeaturesConfig:
     log_numeric: tuple[str, ...] = ()  # log1p of the clipped value, then z-score
     categorical: tuple[str, ...] = ()
     vocab_min_count: int = 5  # rarer values share the out-of-vocabulary bucket
+    # Numeric features that also enter as one-hot quantile buckets (tft.bucketize), which
+    # lets the network fit thresholds and non-monotone effects of the value.
+    bucketized: tuple[str, ...] = ()
+    num_buckets: int = 10
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -136,6 +119,10 @@ class TrainingConfig:
     seed: int = 42
     # Start from the last blessed model's generator when the architecture matches.
     warm_start: bool = True
+    # "default": one process, TensorFlow's default strategy. "multi_worker_mirrored":
+    # tf.distribute.MultiWorkerMirroredStrategy over the workers named in $TF_CONFIG (each
+    # worker runs run_fn; gradients are all-reduced; only the chief exports).
+    distribution: str = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +139,29 @@ class GatesConfig:
 class BeamConfig:
     direct_running_mode: str = "in_memory"  # in_memory | multi_threading | multi_processing
     direct_num_workers: int = 1  # 0: one per CPU
+    # Any other Beam pipeline option, one "--name=value" (or "--flag") string each, e.g.
+    # ["--runner=FlinkRunner", "--flink_master=flink:8081"] (README, "Scale out").
+    extra_args: tuple[str, ...] = ()
 
     def pipeline_args(self) -> list[str]:
         return [
             f"--direct_running_mode={self.direct_running_mode}",
             f"--direct_num_workers={self.direct_num_workers}",
+            *self.extra_args,
         ]
+
+    def unknown_args(self) -> list[str]:
+        """Options of pipeline_args() that no Beam options class defines (Beam drops them)."""
+        if not self.extra_args:
+            return []
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        options = PipelineOptions(self.pipeline_args())
+        known = options.get_all_options(retain_unknown_options=False)
+        everything = options.get_all_options(retain_unknown_options=True)
+        unknown = set(everything) - set(known)
+        return [a for a in self.pipeline_args()
+                if a.split("=", 1)[0].lstrip("-").replace("-", "_") in unknown]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +254,11 @@ class PipelineConfig:
                 seen[name] = kind
         if not seen:
             self._fail("no features: list at least one under features.numeric/log_numeric/categorical")
+        for name in self.features.bucketized:
+            if seen.get(name) not in ("numeric", "log_numeric"):
+                self._fail(f"features.bucketized {name!r} is not a numeric or log_numeric feature")
+        if self.features.bucketized and self.features.num_buckets < 2:
+            self._fail(f"features.num_buckets must be >= 2, got {self.features.num_buckets}")
         if self.label.name in seen or (self.label.column and self.label.column in seen):
             self._fail(f"label {self.label.column or self.label.name!r} is also listed as a feature")
         for name in self.context:
@@ -274,6 +283,14 @@ class PipelineConfig:
                        "WARNING, ERROR or null")
         if self.beam.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             self._fail(f"beam.direct_running_mode {self.beam.direct_running_mode!r} is unknown")
+        if t.distribution not in DISTRIBUTIONS:
+            self._fail(f"training.distribution {t.distribution!r} is not one of {DISTRIBUTIONS}")
+        malformed = [a for a in self.beam.extra_args if not (isinstance(a, str) and a.startswith("--"))]
+        if malformed:
+            self._fail(f"beam.extra_args {malformed} must be '--name=value' or '--flag' strings")
+        unknown = self.beam.unknown_args()
+        if unknown:
+            self._fail(f"beam.extra_args: unknown Beam pipeline option(s) {unknown} (misspelled?)")
 
     def input_files(self) -> list[str]:
         """The CSV files this run reads: the selected spans', or data_root's top level."""

@@ -1,7 +1,8 @@
 """Compile the same pipeline for Kubeflow Pipelines (v2 pipeline spec JSON).
 
     python -m pipeline.kubeflow_runner --output hypernet.json --image REGISTRY/hypernet-tfx:TAG \
-        --output-dir gs://BUCKET/hypernet --data-root gs://BUCKET/data/taxi [--config FILE]
+        --output-dir gs://BUCKET/hypernet --data-root gs://BUCKET/data/taxi [--config FILE] \
+        [--beam_arg=--runner=DataflowRunner --beam_arg=--project=P ...]
 
 Every component runs in the image built from this repository's Dockerfile, which
 installs this package: the Trainer's run_fn and Transform's preprocessing_fn are
@@ -37,6 +38,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="where pipeline outputs go (gs://... accepted); default: the config's")
     parser.add_argument("--data-root", default=None,
                         help="CSV folder as the cluster sees it (gs://... accepted)")
+    parser.add_argument("--beam_arg", action="append", default=[], metavar="--NAME=VALUE",
+                        help="an extra Beam pipeline option for every component, repeatable, "
+                        "written with '=': --beam_arg=--runner=DataflowRunner (added to the "
+                        "config's beam.extra_args; README, 'Scale out')")
     return parser.parse_args(argv)
 
 
@@ -49,7 +54,9 @@ def compile_pipeline(argv: list[str]) -> dict:
     # No path of this machine goes into the spec: the config's file name only, and the
     # curated schema's content (CuratedSchemaGen's parameter), not its path.
     config = dataclasses.replace(config, source=os.path.basename(config.source), **overrides)
-    pipeline = create_pipeline(config)
+    beam = dataclasses.replace(config.beam, extra_args=(*config.beam.extra_args, *args.beam_arg))
+    beam_args = dataclasses.replace(config, beam=beam).beam.pipeline_args()  # replace() validates
+    pipeline = create_pipeline(config, beam_pipeline_args=beam_args)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=args.image),
         output_dir=os.path.dirname(os.path.abspath(args.output)),

@@ -1,7 +1,7 @@
 """Run the pipeline locally: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
 
     python -m pipeline.local_runner [--config FILE] [--direct_running_mode multi_processing
-                                     --direct_num_workers 0]
+                                     --direct_num_workers 0] [--beam_arg=--NAME=VALUE ...]
     tfx pipeline create --engine local --pipeline_path pipeline/local_runner.py
     tfx run create --engine local --pipeline_name hypernet-taxi
 
@@ -23,6 +23,7 @@ if os.path.dirname(_HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(_HERE))
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 
 from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
@@ -39,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         choices=["in_memory", "multi_threading", "multi_processing"])
     parser.add_argument("--direct_num_workers", type=int, default=None,
                         help="Beam DirectRunner workers (0: one per CPU)")
+    parser.add_argument("--beam_arg", action="append", default=[], metavar="--NAME=VALUE",
+                        help="an extra Beam pipeline option, repeatable, written with '=': "
+                        "--beam_arg=--runner=FlinkRunner (added to the config's beam.extra_args)")
     parser.add_argument("--retrain", action="store_true",
                         help="scheduled retraining: require spans, train on the newest, print "
                         "the verdict (exit 0 even when the model is rejected)")
@@ -53,17 +57,28 @@ def build(argv: list[str]) -> tfx.dsl.Pipeline:
             f"--retrain needs spans matching {config.span_pattern!r} under {config.data_root} "
             "(make split-spans makes them from the taxi sample)")
     config.check_data()
-    beam = config.beam
-    beam_args = configs.BeamConfig(
-        args.direct_running_mode or beam.direct_running_mode,
-        beam.direct_num_workers if args.direct_num_workers is None else args.direct_num_workers,
-    ).pipeline_args()
     return create_pipeline(
         config,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path),
-        beam_pipeline_args=beam_args,
+        beam_pipeline_args=beam_pipeline_args(config, args),
     )
+
+
+def beam_pipeline_args(config: configs.PipelineConfig, args: argparse.Namespace) -> list[str]:
+    """The config's Beam settings with the command line's applied on top, validated.
+
+    The flags only change how this run executes: the config that travels in the pipeline
+    (custom_config, part of the components' cache keys) stays the file's.
+    """
+    beam = config.beam
+    beam = dataclasses.replace(
+        beam,
+        direct_running_mode=getattr(args, "direct_running_mode", None) or beam.direct_running_mode,
+        direct_num_workers=beam.direct_num_workers
+        if getattr(args, "direct_num_workers", None) is None else args.direct_num_workers,
+        extra_args=(*beam.extra_args, *args.beam_arg))
+    return dataclasses.replace(config, beam=beam).beam.pipeline_args()  # replace() validates
 
 
 def main(argv: list[str]) -> None:
