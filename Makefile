@@ -20,7 +20,7 @@ HYPERNET_CONFIG ?= pipeline/taxi.yaml
 export HYPERNET_CONFIG
 TFX := $(VENV)/bin/tfx
 
-.PHONY: help venv run retrain split-spans test test-fast test-e2e lint bench image lock clean
+.PHONY: help venv run retrain split-spans test test-fast test-e2e lint bench image lock clean chromium
 help:
 	@echo "make run        set up .venv, then run the pipeline on the taxi data through the TFX CLI"
 	@echo "make retrain    one scheduled retraining pass over the newest span"
@@ -59,14 +59,22 @@ retrain: $(STAMP)
 split-spans: $(STAMP)
 	$(PY) -m pipeline.split_spans --spans 3
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e" tests
 
-test-e2e: $(STAMP)
+test-e2e: $(STAMP) chromium
 	$(PY) -m pytest -q -m e2e tests
+
+# Debian's chromium: the e2e test opens the run report in it headless and screenshots it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing Debian's chromium (for the report's headless-browser test)"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $$sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

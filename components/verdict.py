@@ -1,4 +1,10 @@
-"""ModelVerdict: say, in a log line and a small JSON file, why a model was or was not blessed.
+"""ModelVerdict: the final deployment decision, and why, in a log line and a JSON file.
+
+The Evaluator judges the overall slice (absolute bound, change vs the last blessed
+model). TFMA 0.47 cannot gate a slice only when it is large enough, so the per-slice
+regression check lives here: a context slice with enough examples (and, for a binary
+label, enough of its rarer class) may not fall more than the slice tolerance below
+the last blessed model. The resulting ModelBlessing is what the Pusher obeys.
 
 A rejected model is a successful run that pushes nothing; the people running the
 schedule need to see why without opening TFMA. The file is
@@ -13,6 +19,8 @@ import tensorflow as tf
 from absl import logging
 from tfx import v1 as tfx
 
+from pipeline.eval_config import slice_metrics
+
 VERDICT_FILE = "verdict.json"
 
 
@@ -22,22 +30,38 @@ def _slice_name(slice_key: Any) -> str:
     return ", ".join(keys) or "overall"
 
 
-def _metric_value(evaluation_uri: str, metric: str, model_name: str | None) -> float | None:
-    import tensorflow_model_analysis as tfma
+def slice_regressions(candidate: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]],
+                      metric: str, tolerance: float, min_examples: int,
+                      higher_is_better: bool = True) -> list[str]:
+    """Context slices (with >= min_examples) whose metric fell beyond tolerance vs baseline."""
+    failures = []
+    for name, values in sorted(candidate.items()):
+        if name == "overall" or name not in baseline or metric not in values:
+            continue
+        count = values.get("example_count", 0.0)
+        old = baseline[name].get(metric)
+        if count < min_examples or old is None:
+            continue
+        if "mean_label" in values:  # binary: AUC/accuracy of a nearly one-class slice is noise
+            minority = count * min(values["mean_label"], 1.0 - values["mean_label"])
+            if minority < min_examples / 10:
+                continue
+        drop = (old - values[metric]) if higher_is_better else (values[metric] - old)
+        if drop > tolerance:
+            failures.append(f"{name}: {metric} = {values[metric]:.4f} vs {old:.4f} for the last "
+                            f"blessed model (worse by {drop:.4f} > slice tolerance {tolerance}; "
+                            f"{int(count)} examples)")
+    return failures
 
-    try:
-        result = tfma.load_eval_result(evaluation_uri, model_name=model_name)
-    except Exception:  # noqa: BLE001 - no baseline model in this evaluation
-        return None
-    for slice_key, metrics in result.slicing_metrics:
-        if not slice_key:
-            value = metrics.get("", {}).get("", {}).get(metric, {}).get("doubleValue")
-            return None if value is None else float(value)
-    return None
 
+def build_verdict(evaluation_uri: str, evaluator_blessed: bool, metric: str,
+                  slice_tolerance: float | None = None, min_slice_examples: int = 0,
+                  higher_is_better: bool = True) -> dict[str, Any]:
+    """The verdict as data: blessed or not, the gate metric's values, every failed check.
 
-def build_verdict(evaluation_uri: str, blessed: bool, metric: str) -> dict[str, Any]:
-    """The verdict as data: blessed or not, the gate metric's values, every failed check."""
+    Blessed = the Evaluator blessed (overall bound and change) and, when slice_tolerance
+    is set, no context slice large enough regressed beyond it against the baseline.
+    """
     import tensorflow_model_analysis as tfma
 
     validation = tfma.load_validation_result(evaluation_uri)
@@ -51,33 +75,63 @@ def build_verdict(evaluation_uri: str, blessed: bool, metric: str) -> dict[str, 
                            f"{'' if value is None else f' = {value:.4f}'}"
                            f"{' (vs baseline)' if failure.metric_key.is_diff else ''}"
                            f" fails {threshold}{f' ({failure.message})' if failure.message else ''}")
-    candidate = _metric_value(evaluation_uri, metric, "candidate")
-    if candidate is None:
-        candidate = _metric_value(evaluation_uri, metric, None)
+    candidate = slice_metrics(evaluation_uri, "candidate")
+    baseline = slice_metrics(evaluation_uri, "baseline")
+    slice_failures = []
+    if slice_tolerance is not None and baseline:
+        slice_failures = slice_regressions(candidate, baseline, metric, slice_tolerance,
+                                           min_slice_examples, higher_is_better)
     return {
-        "blessed": blessed,
+        "blessed": evaluator_blessed and not slice_failures,
+        "evaluator_blessed": evaluator_blessed,
         "gate_metric": metric,
-        "value": candidate,
-        "baseline_value": _metric_value(evaluation_uri, metric, "baseline"),
-        "reasons": reasons,
+        "value": candidate.get("overall", {}).get(metric),
+        "baseline_value": baseline.get("overall", {}).get(metric),
+        "reasons": reasons + slice_failures,
         "evaluation": evaluation_uri,
     }
+
+
+BLESSING_PROPERTIES = ("current_model", "current_model_id", "baseline_model", "baseline_model_id")
 
 
 @tfx.dsl.components.component
 def ModelVerdict(
     evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
     blessing: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
+    deployment_blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
     verdict_dir: tfx.dsl.components.Parameter[str],
     gate_metric: tfx.dsl.components.Parameter[str],
+    slice_tolerance: tfx.dsl.components.Parameter[float],
+    min_slice_examples: tfx.dsl.components.Parameter[int],
+    higher_is_better: tfx.dsl.components.Parameter[int] = 1,
 ) -> None:
-    """Write verdict_dir/verdict.json and log the verdict."""
-    blessed = bool(blessing.get_int_custom_property("blessed"))
-    verdict = build_verdict(evaluation.uri, blessed, gate_metric)
-    tf.io.gfile.makedirs(verdict_dir)
-    with tf.io.gfile.GFile(os.path.join(verdict_dir, VERDICT_FILE), "w") as f:
-        json.dump(verdict, f, indent=2)
-    if blessed:
+    """The final deployment decision: the Evaluator's blessing and the per-slice check.
+
+    Writes verdict_dir/verdict.json, logs the verdict, and outputs the ModelBlessing that
+    the Pusher, the target-network export and the next run's baseline resolver read.
+    """
+    verdict = build_verdict(evaluation.uri, bool(blessing.get_int_custom_property("blessed")),
+                            gate_metric, slice_tolerance if slice_tolerance >= 0 else None,
+                            min_slice_examples, bool(higher_is_better))
+    for key in BLESSING_PROPERTIES:
+        if blessing.has_custom_property(key):
+            value = blessing.get_custom_property(key)
+            if isinstance(value, int):
+                deployment_blessing.set_int_custom_property(key, value)
+            else:
+                deployment_blessing.set_string_custom_property(key, str(value))
+    deployment_blessing.set_int_custom_property("blessed", int(verdict["blessed"]))
+    marker = "BLESSED" if verdict["blessed"] else "NOT_BLESSED"
+    tf.io.gfile.makedirs(deployment_blessing.uri)
+    with tf.io.gfile.GFile(os.path.join(deployment_blessing.uri, marker), "w") as f:
+        f.write("")
+    # This run's verdict next to its blessing, and the newest run's in verdict_dir.
+    for folder in (deployment_blessing.uri, verdict_dir):
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(os.path.join(folder, VERDICT_FILE), "w") as f:
+            json.dump(verdict, f, indent=2)
+    if verdict["blessed"]:
         logging.info("verdict: model BLESSED (%s = %s)", gate_metric, verdict["value"])
     else:
         logging.warning("verdict: model NOT blessed, nothing will be pushed: %s",

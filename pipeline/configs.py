@@ -131,6 +131,11 @@ class GatesConfig:
     lower_bound: float | None = 0.9
     upper_bound: float | None = None
     change_tolerance: float = 0.01  # how far below the last blessed model a candidate may fall
+    # Per context slice, vs the last blessed model: how far a slice may fall (None: no
+    # slice gate), judged only on slices with at least min_slice_examples examples (binary
+    # labels: and a tenth of that in the rarer class).
+    slice_tolerance: float | None = 0.03
+    min_slice_examples: int = 200
     # ExampleValidator anomalies at or above this severity fail the run (None: record only).
     anomaly_severity: str | None = "ERROR"
 
@@ -165,6 +170,14 @@ class BeamConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetNetworksConfig:
+    # Context values to materialize, by context feature: categorical contexts default to
+    # their whole vocabulary plus the out-of-vocabulary bucket; numeric ones must be listed.
+    context_values: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    max_networks: int = 256  # a larger cross product of context values is an error
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str
     data_root: str
@@ -175,6 +188,7 @@ class PipelineConfig:
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     beam: BeamConfig = BeamConfig()
+    target_networks: TargetNetworksConfig = TargetNetworksConfig()
     output_dir: str = "."
     enable_cache: bool = True
     # Curated schema to validate against (ImportSchemaGen); None infers one (SchemaGen).
@@ -200,6 +214,11 @@ class PipelineConfig:
     @property
     def serving_model_dir(self) -> str:
         return os.path.join(self.pipeline_root, "serving_model")
+
+    @property
+    def serving_target_networks_dir(self) -> str:
+        """Pushed target networks: <this>/<version>, the hypernetwork's push version."""
+        return os.path.join(self.pipeline_root, "serving_target_networks")
 
     @property
     def uses_spans(self) -> bool:
@@ -283,6 +302,16 @@ class PipelineConfig:
                        "WARNING, ERROR or null")
         if self.beam.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             self._fail(f"beam.direct_running_mode {self.beam.direct_running_mode!r} is unknown")
+        values = self.target_networks.context_values
+        for name in values:
+            if name not in self.context:
+                self._fail(f"target_networks.context_values names {name!r}, not a context feature")
+        for name in self.context:
+            if name not in self.features.categorical and not values.get(name):
+                self._fail(f"target_networks.context_values needs a list of values for the "
+                           f"numeric context feature {name!r}")
+        if self.target_networks.max_networks < 1:
+            self._fail("target_networks.max_networks must be >= 1")
         if t.distribution not in DISTRIBUTIONS:
             self._fail(f"training.distribution {t.distribution!r} is not one of {DISTRIBUTIONS}")
         malformed = [a for a in self.beam.extra_args if not (isinstance(a, str) and a.startswith("--"))]
@@ -370,6 +399,7 @@ def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str = "
     sections = {
         "label": LabelConfig, "features": FeaturesConfig, "model": ModelConfig,
         "training": TrainingConfig, "gates": GatesConfig, "beam": BeamConfig,
+        "target_networks": TargetNetworksConfig,
     }
     try:
         for key, cls in sections.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from ml_metadata.proto import metadata_store_pb2
@@ -10,12 +11,15 @@ from tfx import v1 as tfx
 
 from components.anomaly_gate import AnomalyGate
 from components.curated_schema import CuratedSchemaGen
+from components.report import RunReport
+from components.target_networks import TargetNetworkExporter, TargetNetworkPusher
 from components.verdict import ModelVerdict
 from pipeline.configs import PipelineConfig, serialize
-from pipeline.eval_config import build_eval_config, gate_metric_key
+from pipeline.eval_config import GATE_METRICS, build_eval_config, gate_metric_key
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
+VERDICT_ID = "ModelVerdict"
 
 
 def create_pipeline(
@@ -26,7 +30,8 @@ def create_pipeline(
     run_fn: str = RUN_FN,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
-    -> Trainer -> (latest blessed model) -> Evaluator -> Pusher."""
+    -> Trainer -> (latest blessed model) -> Evaluator -> ModelVerdict (per-slice gate)
+    -> Pusher; TargetNetworkExporter -> TargetNetworkPusher; RunReport."""
     # What Transform and Trainer need; the schema travels as CuratedSchemaGen's parameter.
     custom_config = serialize(dataclasses.replace(config, schema_file=None))
 
@@ -63,10 +68,14 @@ def create_pipeline(
                                    min_severity=config.gates.anomaly_severity)
         transform.add_upstream_node(anomaly_gate)
         gates.append(anomaly_gate)
+    # The baseline: the newest model that ModelVerdict (the final gate) blessed.
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
+                              producer_component_id="Trainer", output_key="model"),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=VERDICT_ID,
+                                       output_key="deployment_blessing"),
     ).with_id("latest_blessed_model_resolver")
     trainer = tfx.components.Trainer(
         run_fn=run_fn,
@@ -82,21 +91,45 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=build_eval_config(config))
+    g = config.gates
     verdict = ModelVerdict(
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
-        verdict_dir=config.pipeline_root, gate_metric=gate_metric_key(config))
+        verdict_dir=config.pipeline_root, gate_metric=gate_metric_key(config),
+        slice_tolerance=-1.0 if g.slice_tolerance is None else g.slice_tolerance,  # -1: off
+        min_slice_examples=g.min_slice_examples,
+        higher_is_better=int(GATE_METRICS[(config.label.task, g.metric)][1]),
+    ).with_id(VERDICT_ID)
+    blessing = verdict.outputs["deployment_blessing"]
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=blessing,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=config.serving_model_dir)))
+    exporter = TargetNetworkExporter(
+        model=trainer.outputs["model"], transform_graph=transform.outputs["transform_graph"],
+        blessing=blessing, evaluation=evaluator.outputs["evaluation"],
+        config=json.dumps(custom_config))
+    target_pusher = TargetNetworkPusher(
+        target_networks=exporter.outputs["target_networks"],
+        pushed_model=pusher.outputs["pushed_model"],
+        base_directory=config.serving_target_networks_dir)
+    report = RunReport(
+        statistics=statistics_gen.outputs["statistics"],
+        anomalies=example_validator.outputs["anomalies"],
+        model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["evaluation"],
+        blessing=blessing, pushed_model=pusher.outputs["pushed_model"],
+        target_networks=exporter.outputs["target_networks"],
+        pushed_target_networks=target_pusher.outputs["pushed_target_networks"],
+        report_dir=config.pipeline_root, config=json.dumps(custom_config),
+        gate_metric=gate_metric_key(config))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, *gates, transform,
-                    model_resolver, trainer, evaluator, verdict, pusher],
+                    model_resolver, trainer, evaluator, verdict, pusher, exporter, target_pusher,
+                    report],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or config.beam.pipeline_args(),

@@ -15,11 +15,12 @@ import sys
 from typing import Any
 
 from pipeline import configs
-from pipeline.eval_config import gate_metric_key
+from pipeline.eval_config import gate_metric_key, slice_metrics
 
 
 def run_artifacts(metadata_path: str, run_id: str | None = None) -> dict[str, list[Any]]:
-    """Output artifacts of the newest (or the given) pipeline run, by artifact type name."""
+    """Output artifacts of the newest (or the given) pipeline run, by output key
+    ("model", "evaluation", "deployment_blessing", "pushed_model", ...)."""
     from ml_metadata import metadata_store
     from tfx.orchestration import metadata
 
@@ -34,23 +35,11 @@ def run_artifacts(metadata_path: str, run_id: str | None = None) -> dict[str, li
     execution_ids = [e.id for e in store.get_executions_by_context(run.id)]
     events = [e for e in store.get_events_by_execution_ids(execution_ids)
               if e.type == e.OUTPUT]
-    types = {t.id: t.name for t in store.get_artifact_types()}
+    keys = {e.artifact_id: e.path.steps[0].key for e in events if e.path.steps}
     out: dict[str, list[Any]] = {"_run": [run.name]}
-    for art in store.get_artifacts_by_id(sorted({e.artifact_id for e in events})):
-        out.setdefault(types[art.type_id], []).append(art)
+    for art in store.get_artifacts_by_id(sorted(keys)):
+        out.setdefault(keys[art.id], []).append(art)
     return out
-
-
-def eval_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
-    """{slice: {metric: value}} from the Evaluator's TFMA output ("overall" for all data)."""
-    import tensorflow_model_analysis as tfma
-
-    table: dict[str, dict[str, float]] = {}
-    for slice_key, metrics in tfma.load_eval_result(evaluation_uri).slicing_metrics:
-        name = "overall" if not slice_key else ", ".join(f"{k}={v}" for k, v in slice_key)
-        table[name] = {m: float(v["doubleValue"]) for m, v in metrics.get("", {}).get("", {}).items()
-                       if "doubleValue" in v}
-    return table
 
 
 def _prop(artifact: Any, key: str) -> Any:
@@ -64,20 +53,25 @@ def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict
     arts = run_artifacts(config.metadata_path, run_id)
     summary: dict[str, Any] = {"pipeline": config.name, "run": (arts.get("_run") or [None])[0],
                                "gate_metric": gate_metric_key(config)}
-    for art in arts.get("ModelBlessing", []):
+    for art in arts.get("deployment_blessing", []):  # ModelVerdict's: the final decision
         summary["blessed"] = bool(_prop(art, "blessed"))
-    for art in arts.get("ModelEvaluation", []):
+    for art in arts.get("evaluation", []):
         summary["evaluation_uri"] = art.uri
-        summary["metrics"] = eval_metrics(art.uri)
-    for art in arts.get("Model", []):
+        summary["metrics"] = slice_metrics(art.uri)
+    for art in arts.get("model", []):
         summary["model_uri"] = art.uri
     verdict_path = os.path.join(config.pipeline_root, "verdict.json")
     if "blessed" in summary and os.path.exists(verdict_path):
         with open(verdict_path) as f:
             summary["verdict"] = json.load(f)
-    for art in arts.get("PushedModel", []):
+    for art in arts.get("pushed_model", []):
         summary["pushed"] = bool(_prop(art, "pushed"))
         summary["pushed_destination"] = _prop(art, "pushed_destination") or None
+    for art in arts.get("pushed_target_networks", []):
+        summary["target_networks_destination"] = _prop(art, "pushed_destination") or None
+    report = os.path.join(config.pipeline_root, "report.html")
+    if arts.get("pushed_target_networks") and os.path.exists(report):
+        summary["report"] = report
     return summary
 
 
@@ -98,10 +92,13 @@ def main(argv: list[str]) -> int:
     print(f"pipeline {config.name}, run {summary.get('run')}: blessed={summary.get('blessed')} "
           f"pushed={summary.get('pushed')}")
     print(f"  pushed model: {summary.get('pushed_destination') or '(nothing pushed)'}")
+    print(f"  pushed target networks: {summary.get('target_networks_destination') or '(none)'}")
     if summary.get("blessed") is False:
         for reason in summary.get("verdict", {}).get("reasons", []):
             print(f"  rejected: {reason}")
     print("  eval, overall: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(overall.items())))
+    if summary.get("report"):
+        print(f"  report: {summary['report']}")
     return 0
 
 

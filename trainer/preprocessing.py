@@ -41,10 +41,12 @@ def transform_features(inputs: Mapping[str, Any], config: PipelineConfig) -> dic
     outputs: dict[str, tf.Tensor] = {}
     for raw in config.features.log_numeric:
         value, present = _numeric(inputs[raw])
-        logged = tf.math.log1p(tf.maximum(value, 0.0))
-        outputs.update(_scaled(raw, logged, present, _num_buckets(raw, config)))
+        outputs.update(_scaled(raw, tf.math.log1p(tf.maximum(value, 0.0)), present))
+        outputs.update(_buckets(raw, value, present, config))
     for raw in config.features.numeric:
-        outputs.update(_scaled(raw, *_numeric(inputs[raw]), _num_buckets(raw, config)))
+        value, present = _numeric(inputs[raw])
+        outputs.update(_scaled(raw, value, present))
+        outputs.update(_buckets(raw, value, present, config))
     for raw in config.features.categorical:
         outputs[transformed_name(raw)] = tft.compute_and_apply_vocabulary(
             _string(inputs[raw]),
@@ -71,24 +73,29 @@ def _label(inputs: Mapping[str, Any], config: PipelineConfig) -> tf.Tensor:
     return _numeric(inputs[label.column])[0]
 
 
-def _num_buckets(raw: str, config: PipelineConfig) -> int:
-    return config.features.num_buckets if raw in config.features.bucketized else 0
-
-
-def _scaled(raw: str, value: tf.Tensor, present: tf.Tensor,
-            num_buckets: int = 0) -> dict[str, tf.Tensor]:
-    """Fill gaps with the training mean of present values, then z-score; with num_buckets,
-    also the quantile bucket (ids 0..num_buckets-1) of the filled value."""
+def _scaled(raw: str, value: tf.Tensor, present: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Fill gaps with the training mean of present values, then z-score."""
     mean = tft.mean(tf.boolean_mask(value, present))
     filled = tf.where(present, value, tf.cast(mean, value.dtype))
-    out = {
+    return {
         transformed_name(raw): tft.scale_to_z_score(filled),
         missing_name(raw): 1.0 - tf.cast(present, tf.float32),
     }
-    if num_buckets:
-        # Of the filled value: the z-score's buckets, one analysis phase fewer.
-        out[transformed_name(bucket_name(raw))] = tft.bucketize(filled, num_buckets)
-    return out
+
+
+def _buckets(raw: str, value: tf.Tensor, present: tf.Tensor,
+             config: PipelineConfig) -> dict[str, tf.Tensor]:
+    """Quantile bucket ids 0..num_buckets-1 of a bucketized feature (gaps: the mean's bucket).
+
+    Of the parsed value itself, never of arithmetic on it: log1p and friends may round
+    differently in a large batch (vectorized) than for one example, which would move a
+    value sitting on a boundary (taxi fares repeat exactly) into another bucket.
+    """
+    if raw not in config.features.bucketized:
+        return {}
+    mean = tft.mean(tf.boolean_mask(value, present))
+    filled = tf.where(present, value, tf.cast(mean, value.dtype))
+    return {transformed_name(bucket_name(raw)): tft.bucketize(filled, config.features.num_buckets)}
 
 
 def _dense(x: Any, default: Any) -> tf.Tensor:

@@ -45,6 +45,20 @@ def mismatch(model_vars: list[tf.Variable], base_vars: list[tf.Variable]) -> str
     return None
 
 
+def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str) -> str | None:
+    """Set `hyper`'s variables (built) from an exported model's; None, or why not."""
+    try:
+        base_vars = list(tf.saved_model.load(model_dir).hyper.trainable_variables)
+    except (OSError, ValueError, AttributeError) as e:
+        return f"cannot read the base model at {model_dir}: {e}"
+    reason = mismatch(hyper.trainable_variables, base_vars)
+    if reason is None:
+        by_key = {_key(v): v for v in base_vars}
+        for variable in hyper.trainable_variables:
+            variable.assign(by_key[_key(variable)])
+    return reason
+
+
 def warm_start(hyper: tf.keras.Model, base_model_dir: str | None,
                vocabularies: Mapping[str, str]) -> str | None:
     """Copy the base model's hypernetwork weights into `hyper` (already built).
@@ -56,20 +70,9 @@ def warm_start(hyper: tf.keras.Model, base_model_dir: str | None,
         reason = "no blessed model yet"
     elif (reason := vocabulary_change(vocabularies, base_model_dir)) is not None:
         pass
-    else:
-        try:
-            base = tf.saved_model.load(base_model_dir)
-            base_vars = list(base.hyper.trainable_variables)
-        except (OSError, ValueError, AttributeError) as e:
-            base_vars, reason = [], f"cannot read the base model at {base_model_dir}: {e}"
-        else:
-            reason = mismatch(hyper.trainable_variables, base_vars)
-        if reason is None:
-            by_key = {_key(v): v for v in base_vars}
-            for variable in hyper.trainable_variables:
-                variable.assign(by_key[_key(variable)])
-            logging.info("warm start: %d generator variables from %s",
-                         len(base_vars), base_model_dir)
-            return None
+    elif (reason := copy_hypernetwork_weights(hyper, base_model_dir)) is None:
+        logging.info("warm start: %d generator variables from %s",
+                     len(hyper.trainable_variables), base_model_dir)
+        return None
     logging.warning("warm start skipped, training from scratch: %s", reason)
     return reason

@@ -19,8 +19,9 @@ import time
 import pytest
 
 from pipeline import configs
+from pipeline.eval_config import slice_metrics
 from pipeline.split_spans import split_spans
-from pipeline.summary import eval_metrics, summarize
+from pipeline.summary import summarize
 from tests.support import ROOT, TAXI_CSV, pipeline_env, write_config
 
 pytestmark = pytest.mark.e2e
@@ -268,6 +269,6 @@ def test_same_span_and_seed_give_the_same_metrics(replay, tmp_path):
                         data_root=str(data), output_dir=str(tmp_path / "out"))
     step = replay.run("again", path)
     assert step.returncode == 0, step.output[-3000:]
-    again = eval_metrics(step.summary["evaluation_uri"])["overall"]
+    again = slice_metrics(step.summary["evaluation_uri"])["overall"]
     for metric in ("auc", "binary_accuracy", "calibration"):
         assert again[metric] == pytest.approx(first[metric], abs=1e-6), metric

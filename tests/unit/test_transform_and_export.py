@@ -1,24 +1,13 @@
-"""preprocessing_fn on real taxi rows (in-process Transform), and the exported signatures."""
+"""preprocessing_fn on real taxi rows (in-process Transform), and the exported signatures.
+
+Fixtures `taxi` and `exported`: tests/unit/conftest.py."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from pipeline import configs
-from tests.support import TAXI_CSV, read_csv, run_transform, to_example
+from tests.support import to_example
 from trainer.features import missing_name, transformed_name
-from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.task import export
-
-ROWS = 400
-
-
-@pytest.fixture(scope="module")
-def taxi(tmp_path_factory):
-    config = configs.load(configs.DEFAULT_CONFIG)
-    rows, dtypes = read_csv(TAXI_CSV, limit=ROWS)
-    tft_output = run_transform(config, rows, dtypes, str(tmp_path_factory.mktemp("tft")))
-    return config, rows, dtypes, tft_output
+from trainer.model import ModelLayout
 
 
 def big_tipper(rows):
@@ -72,15 +61,6 @@ def test_serving_without_label_columns_or_optional_fields(taxi):
     assert out[missing_name("trip_miles")][0] == 1.0
 
 
-@pytest.fixture(scope="module")
-def exported(taxi, tmp_path_factory):
-    config, rows, dtypes, tft_output = taxi
-    model = ConfiguredHyperModel(config, ModelLayout.from_transform(config, tft_output))
-    path = str(tmp_path_factory.mktemp("model"))
-    export(model, config, tft_output, path)
-    return path, model
-
-
 def test_serving_signature_takes_raw_examples_and_returns_probabilities(taxi, exported):
     config, rows, dtypes, tft_output = taxi
     path, _ = exported
@@ -112,3 +92,17 @@ def test_exported_model_matches_the_in_memory_model(taxi, exported):
     spec = tft_output.raw_feature_spec()
     direct = model(tft_output.transform_features_layer()(tf.io.parse_example(serialized, spec)))
     np.testing.assert_allclose(served["probabilities"].numpy(), direct.numpy(), atol=1e-6)
+
+
+def test_fare_buckets_are_quantiles_of_the_raw_value_and_batch_independent(taxi):
+    config, rows, dtypes, tft_output = taxi
+    batch = transform(tft_output, rows, dtypes)
+    buckets = batch[transformed_name("fare_bucket")]
+    one_by_one = [transform(tft_output, [r], dtypes)[transformed_name("fare_bucket")][0]
+                  for r in rows[:60]]
+    np.testing.assert_array_equal(buckets[:60], one_by_one)
+    assert buckets.min() == 0 and buckets.max() <= config.features.num_buckets - 1
+    assert len(set(buckets.tolist())) >= config.features.num_buckets // 2
+    fares = np.array([float(r["fare"]) for r in rows])
+    order = np.argsort(fares, kind="stable")
+    assert np.all(np.diff(buckets[order]) >= 0)  # monotone in the fare

@@ -1,0 +1,86 @@
+"""TFX components that ship the materialized target networks of a blessed hypernetwork.
+
+TargetNetworkExporter (after the Evaluator) writes one SavedModel per context value
+plus manifest.json; TargetNetworkPusher copies them next to the pushed hypernetwork,
+under the same version number, only when the Pusher pushed it. (TFX's own Pusher
+cannot do this: it skips every `saved_model.pb` below the top level of the model.)
+"""
+
+import json
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+from tfx import v1 as tfx
+
+from pipeline.configs import deserialize
+from trainer.target_export import MANIFEST, export_target_networks
+
+Model = tfx.types.standard_artifacts.Model
+ModelBlessing = tfx.types.standard_artifacts.ModelBlessing
+ModelEvaluation = tfx.types.standard_artifacts.ModelEvaluation
+PushedModel = tfx.types.standard_artifacts.PushedModel
+TransformGraph = tfx.types.standard_artifacts.TransformGraph
+SERVING_DIR = "Format-Serving"  # where TFX's path_utils look for a Model artifact's files
+
+
+@tfx.dsl.components.component
+def TargetNetworkExporter(
+    model: tfx.dsl.components.InputArtifact[Model],
+    transform_graph: tfx.dsl.components.InputArtifact[TransformGraph],
+    blessing: tfx.dsl.components.InputArtifact[ModelBlessing],
+    evaluation: tfx.dsl.components.InputArtifact[ModelEvaluation],
+    target_networks: tfx.dsl.components.OutputArtifact[Model],
+    config: tfx.dsl.components.Parameter[str],
+) -> None:
+    """Materialize the blessed hypernetwork's target network for every context value."""
+    out = os.path.join(target_networks.uri, SERVING_DIR)
+    tf.io.gfile.makedirs(out)
+    if not blessing.get_int_custom_property("blessed"):
+        with tf.io.gfile.GFile(os.path.join(out, MANIFEST), "w") as f:
+            json.dump({"hypernetwork": model.uri, "blessed": False, "networks": []}, f)
+        logging.info("TargetNetworkExporter: the model is not blessed; nothing exported")
+        return
+    manifest = export_target_networks(
+        deserialize(json.loads(config)), os.path.join(model.uri, SERVING_DIR),
+        tft.TFTransformOutput(transform_graph.uri), out, evaluation.uri)
+    logging.info("TargetNetworkExporter: %d target networks in %s",
+                 len(manifest["networks"]), out)
+
+
+@tfx.dsl.components.component
+def TargetNetworkPusher(
+    target_networks: tfx.dsl.components.InputArtifact[Model],
+    pushed_model: tfx.dsl.components.InputArtifact[PushedModel],
+    pushed_target_networks: tfx.dsl.components.OutputArtifact[PushedModel],
+    base_directory: tfx.dsl.components.Parameter[str],
+) -> None:
+    """Copy the target networks to base_directory/<the hypernetwork's pushed version>.
+
+    Files go to a hidden staging folder that is renamed into place at the end, so a
+    crash never leaves a half-written version where a server would look; an existing
+    version is never overwritten.
+    """
+    pushed_target_networks.set_int_custom_property("pushed", 0)
+    if not pushed_model.get_int_custom_property("pushed"):
+        logging.info("TargetNetworkPusher: the hypernetwork was not pushed; nothing to push")
+        return
+    version = pushed_model.get_string_custom_property("pushed_version")
+    destination = os.path.join(base_directory, version)
+    if tf.io.gfile.exists(destination):
+        raise FileExistsError(f"{destination} already exists; refusing to overwrite it")
+    staging = os.path.join(base_directory, f".{version}.incomplete")
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+    source = os.path.join(target_networks.uri, SERVING_DIR)
+    for root, _, files in tf.io.gfile.walk(source):
+        rel = os.path.relpath(root, source)
+        tf.io.gfile.makedirs(os.path.join(staging, rel))
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), os.path.join(staging, rel, name))
+    tf.io.gfile.rename(staging, destination)
+    pushed_target_networks.set_int_custom_property("pushed", 1)
+    pushed_target_networks.set_string_custom_property("pushed_destination", destination)
+    pushed_target_networks.set_string_custom_property("pushed_version", version)
+    logging.info("TargetNetworkPusher: target networks pushed to %s", destination)
