@@ -52,6 +52,7 @@ from tfx.components.util import tfxio_utils  # noqa: E402
 from tfx.types import standard_artifacts  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
+from bench.machine import cpu_info  # noqa: E402
 from pipeline import configs  # noqa: E402
 from pipeline.configs import PipelineConfig  # noqa: E402
 from trainer.features import categorical_inputs, numeric_inputs, transformed_name  # noqa: E402
@@ -314,6 +315,7 @@ def main(argv: Sequence[str]) -> None:
         "seeds": args.seeds,
         "hyper_train_seconds": med("hyper", "seconds"),
         "plain_train_seconds": med("plain", "seconds"),
+        **cpu_info(),
     }
     print(json.dumps(result))
 

@@ -30,7 +30,6 @@ import contextlib  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -41,6 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import cpu_info  # noqa: E402
 from pipeline import configs  # noqa: E402
 
 TAXI_CSV = os.path.join(os.path.dirname(configs.PACKAGE_DIR), "data", "taxi", "data.csv")
@@ -48,23 +48,6 @@ DEFAULT_ROWS = (15_000, 150_000, 1_500_000)
 CHUNK = 100_000
 
 
-def cpu_info() -> dict:
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), None)
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu_count": os.cpu_count(), "cpu_usable": usable, "cpu_model": model,
-            "machine": platform.machine()}
-
-
-# -- synthetic data -----------------------------------------------------------------------
 def _kind(values: list[str]) -> str:
     present = [v for v in values if v != ""]
     for kind, parse in (("int", int), ("float", float)):

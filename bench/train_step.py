@@ -1,7 +1,8 @@
 """Benchmark: one compiled training step of the HyperNetwork vs a plain Keras MLP.
 
-Both models share the target architecture (taxi-like default: 48 -> 64 -> 32 -> 1
-sigmoid), the batch, the loss (binary cross-entropy) and the optimizer (Adam); each
+Both models share the target architecture of the default taxi config (pipeline/taxi.yaml;
+input width from the embedded CSV's vocabularies as Transform would build them), the
+batch, the loss (binary cross-entropy) and the optimizer (Adam); each
 step is a `tf.function` that computes gradients and calls `apply_gradients`. The two
 steps are timed alternately in the same process, after warm-up, and the medians are
 reported as one JSON line.
@@ -12,7 +13,11 @@ training step (forward + backward) ~ 3x the forward. The GFLOP/s figure divides 
 by the whole hypernetwork step time, so it is a lower bound on what the generator
 achieves.
 
-    python bench/train_step.py [--batch 256] [--steps 200] [--warmup 20] [--seed 0]
+The batch's context values are drawn from the CSV's own distribution of the context
+column(s), so the number of distinct contexts per batch (what the generator runs on)
+is the real one.
+
+    python bench/train_step.py [--config pipeline/taxi.yaml] [--batch 256] [--steps 200]
 """
 
 from __future__ import annotations
@@ -24,38 +29,43 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
+import csv  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.machine import cpu_info  # noqa: E402
+from pipeline import configs  # noqa: E402
+from pipeline.configs import PipelineConfig  # noqa: E402
+from trainer.features import OOV_BUCKETS, bucket_name  # noqa: E402
 from trainer.functional_target import build_target_model  # noqa: E402
-from trainer.generator import ContextSpec, GeneratorConfig  # noqa: E402
 from trainer.hypernetwork import FEATURES, HyperNetwork  # noqa: E402
-from trainer.target_spec import TargetSpec  # noqa: E402
-
-TARGET = TargetSpec(48, (64, 32), 1, activation="relu", head="sigmoid")
-CONTEXT = ContextSpec(categorical={"pickup_area": 90, "dropoff_area": 80}, embedding_dim=8)
+from trainer.model import ModelLayout, context_spec, generator_config, target_spec  # noqa: E402
 
 
-def cpu_info() -> dict:
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu_count": os.cpu_count(), "cpu_usable": usable, "cpu_model": model}
+def taxi_shapes(config: PipelineConfig, csv_path: str) -> tuple[ModelLayout, dict[str, np.ndarray]]:
+    """The layout Transform would give (vocabularies with min count + OOV) and, per context
+    feature, the id of every CSV row (rare or empty values: the OOV id)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    sizes, ids = {}, {}
+    for name in config.features.categorical:
+        counts = Counter(r[name] for r in rows if r[name] != "")
+        vocab = [v for v, c in counts.most_common() if c >= config.features.vocab_min_count]
+        sizes[name] = len(vocab) + OOV_BUCKETS
+        index = {v: i for i, v in enumerate(vocab)}
+        ids[name] = np.array([index.get(r[name], len(vocab)) for r in rows])
+    sizes.update({bucket_name(c): config.features.num_buckets for c in config.features.bucketized})
+    return ModelLayout(sizes, 1), {c: ids[c] for c in config.context}
 
 
 def generator_macs_per_context(model: HyperNetwork) -> int:
@@ -99,6 +109,8 @@ def timed(step, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=configs.DEFAULT_CONFIG)
+    parser.add_argument("--csv", default=os.path.join(ROOT, "data", "taxi", "data.csv"))
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per model")
@@ -106,18 +118,22 @@ def main() -> None:
     args = parser.parse_args()
 
     tf.keras.utils.set_random_seed(args.seed)
+    config = configs.load(args.config)
+    layout, context_ids = taxi_shapes(config, args.csv)
+    target, context = target_spec(config, layout), context_spec(config, layout)
     rng = np.random.default_rng(args.seed)
-    features = tf.constant(rng.normal(size=(args.batch, TARGET.input_dim)), tf.float32)
+    features = tf.constant(rng.normal(size=(args.batch, target.input_dim)), tf.float32)
     labels = tf.constant(rng.integers(0, 2, size=(args.batch, 1)), tf.float32)
     hyper_inputs = {FEATURES: features}
-    for name, vocab in CONTEXT.categorical.items():
-        hyper_inputs[name] = tf.constant(rng.integers(0, vocab, size=args.batch), tf.int64)
-    distinct = len({tuple(int(hyper_inputs[n][i]) for n in CONTEXT.names)
+    picked = rng.integers(0, len(next(iter(context_ids.values()), [0])), size=args.batch)
+    for name, ids in context_ids.items():
+        hyper_inputs[name] = tf.constant(ids[picked], tf.int64)
+    distinct = len({tuple(int(hyper_inputs[n][i]) for n in context.names)
                     for i in range(args.batch)})
 
-    hyper = HyperNetwork(TARGET, CONTEXT, GeneratorConfig())
+    hyper = HyperNetwork(target, context, generator_config(config))
     hyper(hyper_inputs)
-    plain = build_target_model(TARGET, name="plain_mlp")
+    plain = build_target_model(target, name="plain_mlp")
     hyper_step = make_step(hyper, tf.keras.optimizers.Adam(1e-3))
     plain_step = make_step(plain, tf.keras.optimizers.Adam(1e-3))
 
@@ -142,11 +158,12 @@ def main() -> None:
         "hyper_ms_p10_p90": [round(float(np.percentile(hyper_ms, q)), 3) for q in (10, 90)],
         "steps": args.steps,
         "warmup": args.warmup,
-        "target": list(TARGET.layer_widths),
-        "target_params": TARGET.num_params,
+        "config": os.path.relpath(args.config, ROOT),
+        "target": list(target.layer_widths),
+        "target_params": target.num_params,
         "plain_params": plain.count_params(),
         "generator_params": int(sum(np.prod(v.shape) for v in hyper.trainable_variables)),
-        "contexts": dict(CONTEXT.categorical),
+        "contexts": dict(context.categorical),
         "distinct_contexts": distinct,
         "generator_mflop_fwd": round(2 * gen_macs / 1e6, 2),
         "generator_gflop_train_step": round(gflop_step, 4),

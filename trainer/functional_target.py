@@ -35,10 +35,31 @@ def apply_target(
         if index is None:
             h = tf.matmul(h, kernel[0]) + bias[0]
         else:
-            h = tf.einsum("bi,bio->bo", h, tf.gather(kernel, index)) + tf.gather(bias, index)
+            h = _per_context_dense(h, kernel, bias, index)
         if layer < spec.num_layers - 1:
             h = _activation(spec.activation)(h)
     return h if return_logits else _activation(spec.head)(h)
+
+
+def _per_context_dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
+                       index: tf.Tensor) -> tf.Tensor:
+    """h [B, in] through kernel[index[b]] [U, in, out] and bias[index[b]], per example.
+
+    Few distinct contexts (U <= B / 8, the usual case: a batch shares a handful): one
+    matrix product against all U kernels side by side, then each example keeps its
+    context's columns; the cost is U plain layers and it runs as one GEMM. Many
+    contexts: gather one kernel per example and multiply batch-wise (B small products).
+    """
+    contexts, batch = tf.shape(kernel)[0], tf.shape(h)[0]
+
+    def all_contexts() -> tf.Tensor:
+        out = tf.einsum("bi,uio->buo", h, kernel)  # [B, U, out]
+        return tf.gather(out, index, axis=1, batch_dims=1)
+
+    def per_example() -> tf.Tensor:
+        return tf.einsum("bi,bio->bo", h, tf.gather(kernel, index))
+
+    return tf.cond(contexts * 8 <= batch, all_contexts, per_example) + tf.gather(bias, index)
 
 
 def target_preactivations(

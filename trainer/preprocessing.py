@@ -41,7 +41,8 @@ def transform_features(inputs: Mapping[str, Any], config: PipelineConfig) -> dic
     outputs: dict[str, tf.Tensor] = {}
     for raw in config.features.log_numeric:
         value, present = _numeric(inputs[raw])
-        outputs.update(_scaled(raw, tf.math.log1p(tf.maximum(value, 0.0)), present))
+        logged = tf.math.log1p(tf.maximum(tf.cast(value, tf.float64), 0.0))
+        outputs.update(_scaled(raw, logged, present))
         outputs.update(_buckets(raw, value, present, config))
     for raw in config.features.numeric:
         value, present = _numeric(inputs[raw])
@@ -74,11 +75,18 @@ def _label(inputs: Mapping[str, Any], config: PipelineConfig) -> tf.Tensor:
 
 
 def _scaled(raw: str, value: tf.Tensor, present: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Fill gaps with the training mean of present values, then z-score."""
+    """Fill gaps with the training mean of present values, then z-score.
+
+    Mean and variance are accumulated in float64: in float32 their value depends on the
+    order in which Beam combines partial sums (~1e-4 on latitudes, where the variance is
+    tiny next to the mean), and the same span would give another model (README,
+    "Determinism").
+    """
+    value = tf.cast(value, tf.float64)
     mean = tft.mean(tf.boolean_mask(value, present))
-    filled = tf.where(present, value, tf.cast(mean, value.dtype))
+    filled = tf.where(present, value, mean)
     return {
-        transformed_name(raw): tft.scale_to_z_score(filled),
+        transformed_name(raw): tf.cast(tft.scale_to_z_score(filled), tf.float32),
         missing_name(raw): 1.0 - tf.cast(present, tf.float32),
     }
 

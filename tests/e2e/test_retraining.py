@@ -36,17 +36,24 @@ class Step:
     serving_before: dict
     serving_after: dict
     summary: dict | None = None
+    targets_before: dict = dataclasses.field(default_factory=dict)  # pushed target networks
+    targets_after: dict = dataclasses.field(default_factory=dict)
 
 
-def serving_snapshot(config) -> dict[str, str]:
-    """{relative path: sha256} of everything under the serving directory."""
+def serving_snapshot(config, folder: str | None = None) -> dict[str, str]:
+    """{relative path: sha256} of everything under the serving directory (or `folder`)."""
+    folder = folder or config.serving_model_dir
     out = {}
-    for root, _, files in os.walk(config.serving_model_dir):
+    for root, _, files in os.walk(folder):
         for name in files:
             path = os.path.join(root, name)
             with open(path, "rb") as f:
-                out[os.path.relpath(path, config.serving_model_dir)] = hashlib.sha256(f.read()).hexdigest()
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def targets_snapshot(config) -> dict[str, str]:
+    return serving_snapshot(config, config.serving_target_networks_dir)
 
 
 def rewrite(src: str, dst: str, edit) -> None:
@@ -103,12 +110,16 @@ class Replay:
         return [sys.executable, "-m", "pipeline.local_runner", "--retrain",
                 "--config", config_path or self.config_path]
 
-    def run(self, name: str, config_path=None) -> Step:
-        before = serving_snapshot(self.config)
+    def run(self, name: str, config_path=None, data_edit=None) -> Step:
+        """One retraining pass; data_edit=(span, edit, source) writes that span first."""
+        if data_edit:
+            self.span(data_edit[0], data_edit[1], source=data_edit[2])
+        before, targets = serving_snapshot(self.config), targets_snapshot(self.config)
         done = subprocess.run(self.command(config_path), cwd=ROOT, env=pipeline_env(),
                               capture_output=True, text=True)
         step = Step(name, done.returncode, done.stdout + done.stderr, before,
-                    serving_snapshot(self.config))
+                    serving_snapshot(self.config), targets_before=targets,
+                    targets_after=targets_snapshot(self.config))
         if done.returncode == 0:
             step.summary = summarize(configs.load(config_path or self.config_path))
         self.steps[name] = step
@@ -169,8 +180,17 @@ def replay(tmp_path_factory):
     # 3. Good new data: blessed and pushed next to the old version.
     r.span(3, source=3)
     r.run("good")
-    # 4. Killed in the Trainer, then the same command again.
-    r.span(4, source=2)
+    # A candidate worse in a context slice while the overall gates are opened wide: only
+    # the per-slice gate can reject it. (Both models are judged on the new span's eval
+    # split, so bad labels there would hurt the baseline as much: a barely trained
+    # candidate is what is worse.)
+    r.run("slice_regression", write_config(
+        str(r.tmp / "slices.yaml"), base=r.config_path,
+        training={**TRAINING, "train_steps": 2, "epochs": 1, "warm_start": False},
+        gates={"metric": "auc", "lower_bound": None, "change_tolerance": 1.0,
+               "slice_tolerance": 0.03, "min_slice_examples": 200, "anomaly_severity": "ERROR"}),
+        data_edit=(4, None, 2))
+    # 4. Killed in the Trainer, then the same command again (span 4 as above).
     r.run_killed_in_trainer("killed")
     r.run("rerun_after_kill")
     # Same data, another training budget: Transform is reused, the Trainer warm-starts.
@@ -196,6 +216,7 @@ def test_bad_span_fails_the_anomaly_gate_naming_the_feature(replay, name, featur
     gate_lines = [line for line in step.output.splitlines() if line.strip().startswith("[")]
     assert any(f"] {feature}:" in line for line in gate_lines), gate_lines
     assert step.serving_after == step.serving_before  # byte-identical
+    assert step.targets_after == step.targets_before
 
 
 @pytest.mark.parametrize("name, message", [("empty_span", "(an empty span)"),
@@ -205,6 +226,7 @@ def test_empty_inputs_fail_with_a_clear_error(replay, name, message):
     assert step.returncode != 0
     assert message in step.output and "span-2" in step.output
     assert step.serving_after == step.serving_before
+    assert step.targets_after == step.targets_before
 
 
 def test_shuffled_labels_are_not_blessed_and_nothing_is_pushed(replay):
@@ -212,6 +234,7 @@ def test_shuffled_labels_are_not_blessed_and_nothing_is_pushed(replay):
     assert step.returncode == 0, step.output[-3000:]  # a rejected model is a successful run
     assert step.summary["blessed"] is False and step.summary["pushed"] is False
     assert step.serving_after == step.serving_before
+    assert step.targets_after == step.targets_before
     verdict = step.summary["verdict"]
     assert verdict["blessed"] is False and verdict["value"] < replay.config.gates.lower_bound
     assert any("auc" in reason for reason in verdict["reasons"])
@@ -227,8 +250,27 @@ def test_good_span_is_pushed_as_a_new_version_next_to_the_old(replay):
     assert len(before) == 1 and len(after) == 2 and before < after
     old = {p: h for p, h in step.serving_after.items() if p.split(os.sep)[0] in before}
     assert old == step.serving_before  # the old version is untouched
+    # The target networks went out with it, under the same version; the old ones untouched.
+    version = os.path.basename(step.summary["pushed_destination"])
+    assert {p.split(os.sep)[0] for p in step.targets_after} == \
+        {p.split(os.sep)[0] for p in step.targets_before} | {version}
+    assert {p: h for p, h in step.targets_after.items() if p in step.targets_before} == \
+        step.targets_before
     # New span, new vocabularies: ids mean other values, so no copy; the log says why.
     assert "warm start skipped, training from scratch: vocabulary of" in step.output
+
+
+def test_a_context_slice_that_regressed_blocks_the_push(replay):
+    step = replay.steps["slice_regression"]
+    assert step.returncode == 0, step.output[-3000:]
+    verdict = step.summary["verdict"]
+    assert verdict["evaluator_blessed"] is True and verdict["blessed"] is False
+    assert step.summary["blessed"] is False and step.summary["pushed"] is False
+    failed = [r for r in verdict["reasons"] if r.startswith("payment_type=Credit Card: auc")]
+    assert failed and "for the last blessed model" in failed[0], verdict["reasons"]
+    assert not any(r.startswith("payment_type=Cash") for r in verdict["reasons"])  # ~no tippers
+    assert step.serving_after == step.serving_before
+    assert step.targets_after == step.targets_before
 
 
 def test_warm_start_when_vocabularies_match(replay):

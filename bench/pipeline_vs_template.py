@@ -1,0 +1,168 @@
+"""Whole pipeline, ours vs the official TFX taxi template, on the same CSV, alternating.
+
+    python bench/pipeline_vs_template.py [--repeats 3] [--workdir DIR]
+
+The template comes from the installed wheel (`tfx template copy --model=taxi`) with its
+staged components enabled (each `# components.append(...)` line uncommented) and AUC
+and ExampleCount added to its TFMA metrics so both models report the same figures; its
+data folder holds data/taxi/data.csv. Each repeat runs both pipelines from scratch
+(fresh output folders, so no cache), each as users do: `tfx pipeline create --engine
+local`, then the timed `tfx run create --engine local` until the Pusher is done.
+Prints one JSON line: medians, their ratio, both models' eval accuracy and AUC, and the
+median seconds per component (from ML Metadata execution times) for each pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import yaml  # noqa: E402
+
+from bench.machine import cpu_info  # noqa: E402
+from pipeline import configs  # noqa: E402
+from pipeline.eval_config import slice_metrics  # noqa: E402
+
+TFX = os.path.join(os.path.dirname(sys.executable), "tfx")
+TEMPLATE_NAME = "taxi-template"
+STAGED = ("statistics_gen", "schema_gen", "example_validator", "transform", "trainer",
+          "model_resolver", "evaluator", "pusher")
+
+
+def sh(args: list[str], cwd: str, env: dict[str, str]) -> None:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} (in {cwd}) failed:\n{done.stderr[-3000:]}")
+
+
+def copy_template(dest: str, env: dict[str, str]) -> None:
+    sh([TFX, "template", "copy", "--model=taxi", f"--pipeline_name={TEMPLATE_NAME}",
+        f"--destination_path={dest}"], cwd=ROOT, env=env)
+    path = os.path.join(dest, "pipeline", "pipeline.py")
+    with open(path) as f:
+        text = f.read()
+    for name in STAGED:
+        text = re.sub(rf"^(\s*)# (components\.append\({name}\))", r"\1\2", text, flags=re.M)
+    text = text.replace("tfma.MetricsSpec(metrics=[",
+                        "tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name='AUC'), "
+                        "tfma.MetricConfig(class_name='ExampleCount'),", 1)
+    with open(path, "w") as f:
+        f.write(text)
+    enabled = len(re.findall(r"^\s*components\.append\(", text, flags=re.M))
+    if enabled < len(STAGED):
+        raise SystemExit(f"only {enabled} components enabled in {path}: the template changed")
+    data = os.path.join(dest, "data")
+    shutil.rmtree(data, ignore_errors=True)
+    os.makedirs(data)
+    shutil.copy(os.path.join(ROOT, "data", "taxi", "data.csv"), data)
+
+
+def component_seconds(metadata_path: str) -> dict[str, float]:
+    """Seconds per component of the only run in this store (MLMD create -> last update)."""
+    from ml_metadata import metadata_store
+    from tfx.orchestration import metadata
+
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
+    types = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+    return {types[e.type_id]: (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1e3
+            for e in store.get_executions()}
+
+
+def timed_run(cwd: str, runner: str, name: str, env: dict[str, str]) -> float:
+    sh([TFX, "pipeline", "create", "--engine", "local", "--pipeline_path", runner], cwd, env)
+    start = time.perf_counter()
+    sh([TFX, "run", "create", "--engine", "local", "--pipeline_name", name], cwd, env)
+    return time.perf_counter() - start
+
+
+def run_ours(work: str, base_env: dict[str, str]) -> dict:
+    out = tempfile.mkdtemp(prefix="ours-", dir=work)
+    with open(configs.DEFAULT_CONFIG) as f:
+        data = yaml.safe_load(f)
+    data.update(output_dir=out, data_root=os.path.join(ROOT, "data", "taxi"),
+                schema_file=os.path.join(configs.PACKAGE_DIR, "schema", "taxi.pbtxt"))
+    config_path = os.path.join(out, "taxi.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(data, f)
+    env = dict(base_env, HYPERNET_CONFIG=config_path, LOCAL_HOME=os.path.join(out, "cli"))
+    seconds = timed_run(ROOT, "pipeline/local_runner.py", data["name"], env)
+    config = configs.load(config_path)
+    from pipeline.summary import summarize
+
+    overall = summarize(config)["metrics"]["overall"]
+    return {"seconds": seconds, "accuracy": overall["binary_accuracy"], "auc": overall["auc"],
+            "components": component_seconds(config.metadata_path)}
+
+
+def run_template(template: str, base_env: dict[str, str]) -> dict:
+    for folder in ("tfx_pipeline_output", "tfx_metadata", "cli"):
+        shutil.rmtree(os.path.join(template, folder), ignore_errors=True)
+    env = dict(base_env, LOCAL_HOME=os.path.join(template, "cli"))
+    seconds = timed_run(template, "local_runner.py", TEMPLATE_NAME, env)
+    root = os.path.join(template, "tfx_pipeline_output", TEMPLATE_NAME, "Evaluator", "evaluation")
+    (evaluation,) = [os.path.join(root, d) for d in os.listdir(root)]
+    overall = slice_metrics(evaluation)["overall"]
+    return {"seconds": seconds, "accuracy": overall["binary_accuracy"], "auc": overall["auc"],
+            "components": component_seconds(
+                os.path.join(template, "tfx_metadata", TEMPLATE_NAME, "metadata.db"))}
+
+
+def medians(runs: list[dict]) -> dict:
+    per_component = defaultdict(list)
+    for r in runs:
+        for name, s in r["components"].items():
+            per_component[name].append(s)
+    return {"seconds": statistics.median(r["seconds"] for r in runs),
+            "accuracy": statistics.median(r["accuracy"] for r in runs),
+            "auc": statistics.median(r["auc"] for r in runs),
+            "components": {k: round(statistics.median(v), 1) for k, v in per_component.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.workdir)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", NO_GCE_CHECK="true",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    template = os.path.join(work, "template")
+    copy_template(template, env)
+    env_template = dict(env, PYTHONPATH=os.pathsep.join([template, env["PYTHONPATH"]]))
+    ours, theirs = [], []
+    for i in range(args.repeats):  # alternate, so drift hits both alike
+        ours.append(run_ours(work, env))
+        theirs.append(run_template(template, env_template))
+        print(f"repeat {i + 1}: ours {ours[-1]['seconds']:.1f} s, "
+              f"template {theirs[-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    a, b = medians(ours), medians(theirs)
+    print(json.dumps({
+        "bench": "pipeline", "repeats": args.repeats,
+        "ours_s": round(a["seconds"], 1), "template_s": round(b["seconds"], 1),
+        "ratio": round(a["seconds"] / b["seconds"], 2),
+        "ours_accuracy": round(a["accuracy"], 4), "ours_auc": round(a["auc"], 4),
+        "template_accuracy": round(b["accuracy"], 4), "template_auc": round(b["auc"], 4),
+        "ours_components_s": a["components"], "template_components_s": b["components"],
+        **cpu_info()}), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
