@@ -28,7 +28,7 @@ help:
 	@echo "make test       set up .venv, then run every test (unit + e2e)"
 	@echo "make test-fast  unit tests only (seconds)"
 	@echo "make lint       ruff"
-	@echo "make bench      benchmarks (JSON lines)"
+	@echo "make bench      every benchmark: bench/results/<date>.jsonl + a Markdown table"
 	@echo "make image      docker build -t $(IMAGE) . (the Kubeflow image; needs a Docker engine)"
 
 venv: $(STAMP)
@@ -79,8 +79,9 @@ chromium:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Every benchmark; appends to bench/results/<date>.jsonl and prints a Markdown table.
 bench: $(STAMP)
-	$(PY) bench/train_step.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 # The Kubeflow image (Dockerfile's default target); IMAGE=registry/name:tag to tag it for a push.
 IMAGE ?= hypernet-tfx:latest

@@ -8,7 +8,6 @@ sees the same values.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
 import os
@@ -321,54 +320,6 @@ class PipelineConfig:
         if unknown:
             self._fail(f"beam.extra_args: unknown Beam pipeline option(s) {unknown} (misspelled?)")
 
-    def input_files(self) -> list[str]:
-        """The CSV files this run reads: the selected spans', or data_root's top level."""
-        if not self.uses_spans:
-            return sorted(glob.glob(os.path.join(self.data_root, "*.csv")))
-        files = []
-        for span in self.spans()[-self.num_spans:]:
-            pattern = self.span_pattern.replace("{SPAN}", str(span))
-            files += sorted(glob.glob(os.path.join(self.data_root, pattern)))
-        return files
-
-    def check_data(self) -> None:
-        """Fail before running on inputs that cannot work, naming the file.
-
-        Checked: the schema file exists; the newest span (or the plain folder) has a CSV
-        with at least one row; in a plain folder, every configured column is in each
-        header. Columns and types of scheduled spans are the anomaly gate's job (they
-        are validated against the curated schema inside the pipeline).
-        """
-        if self.schema_file and not os.path.exists(self.schema_file):
-            self._fail(f"schema_file {self.schema_file!r} does not exist")
-        if self.uses_spans:
-            latest = self.span_pattern.split("/")[0].replace("{SPAN}", str(self.spans()[-1]))
-            where = os.path.join(self.data_root, latest)
-        else:
-            where = self.data_root
-        files = [f for f in self.input_files() if os.path.dirname(f) == where] \
-            if self.uses_spans else self.input_files()
-        if not files:
-            self._fail(f"no CSV file in {where!r}" + (" (an empty span)" if self.uses_spans else ""))
-        for path in files:
-            with open(path, newline="") as f:
-                reader = csv.reader(f)
-                header, first_row = next(reader, None), next(reader, None)
-            if not header:
-                raise ConfigError(f"{path}: empty file (no CSV header)")
-            if first_row is None:
-                raise ConfigError(f"{path}: a header and no rows")
-            missing = [c for c in self.raw_columns if c not in header]
-            if missing and not self.uses_spans:
-                what = ", ".join(f"{c!r} ({self._role(c)})" for c in missing)
-                raise ConfigError(f"{path}: column(s) {what} named in {self.source} "
-                                  f"are not in the CSV header {header}")
-
-    def _role(self, column: str) -> str:
-        if column in self.context:
-            return "context feature"
-        return "label" if column in self.label.raw_columns else "feature"
-
 
 _GATE_METRICS = {
     "binary": ("auc", "accuracy"),
@@ -447,8 +398,6 @@ def serialize(config: PipelineConfig) -> dict[str, Any]:
 
 def deserialize(data: Mapping[str, Any]) -> PipelineConfig:
     return from_dict(data, source=data.get("source", "<custom_config>"))
-
-
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 from pipeline import configs  # noqa: E402
+from pipeline.inputs import check_data  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def build(argv: list[str]) -> tfx.dsl.Pipeline:
         raise configs.ConfigError(
             f"--retrain needs spans matching {config.span_pattern!r} under {config.data_root} "
             "(make split-spans makes them from the taxi sample)")
-    config.check_data()
+    check_data(config)
     return create_pipeline(
         config,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pipeline import configs
+from pipeline.inputs import check_data
 
 BASE = {
     "name": "toy",
@@ -38,7 +39,7 @@ def with_(**changes):
 
 def test_default_taxi_config_loads_and_matches_the_data():
     config = configs.load(configs.DEFAULT_CONFIG)
-    config.check_data()
+    check_data(config)
     assert config.name == "hypernet-taxi"
     assert config.label.rule == configs.LabelRule("tips", ">", 0.2, "fare")
     assert config.label_only_columns == ("tips",)
@@ -49,7 +50,7 @@ def test_default_taxi_config_loads_and_matches_the_data():
 def test_relative_paths_resolve_against_the_config_file(tmp_path):
     config = configs.load(write(tmp_path, BASE))
     assert config.data_root == str(tmp_path / "data")
-    config.check_data()
+    check_data(config)
 
 
 def test_round_trip_through_custom_config(tmp_path):
@@ -80,7 +81,7 @@ def test_invalid_configs_name_the_problem(tmp_path, data, message):
 def test_columns_missing_from_the_csv_are_named_with_their_role(tmp_path):
     config = configs.load(write(tmp_path, BASE, header="a,y"))
     with pytest.raises(configs.ConfigError) as err:
-        config.check_data()
+        check_data(config)
     assert "'seg' (context feature)" in str(err.value)
     assert "rows.csv" in str(err.value)
 
@@ -88,14 +89,14 @@ def test_columns_missing_from_the_csv_are_named_with_their_role(tmp_path):
 def test_label_missing_from_the_csv_is_named(tmp_path):
     config = configs.load(write(tmp_path, BASE, header="a,seg"))
     with pytest.raises(configs.ConfigError, match=r"'y' \(label\)"):
-        config.check_data()
+        check_data(config)
 
 
 def test_empty_data_root_is_an_error(tmp_path):
     path = write(tmp_path, BASE)
     os.remove(tmp_path / "data" / "rows.csv")
     with pytest.raises(configs.ConfigError, match="no CSV file in"):
-        configs.load(path).check_data()
+        check_data(configs.load(path))
 
 
 def test_label_rule_parsing():
