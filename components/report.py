@@ -73,10 +73,9 @@ def RunReport(
                    "target networks": _pushed(pushed_target_networks)},
         "projection": projection,
     }
-    metric_name = gate_metric.split("/")[-1]
     data["plots"] = {
         "history": plot_history(history),
-        "slices": plot_slices(metrics, metric_name, gates.get("lower_bound"),
+        "slices": plot_slices(metrics, gate_metric, gates.get("lower_bound"),
                               verdict.get("baseline_value")),
         "projection": plot_projection(projection) if projection else None,
     }

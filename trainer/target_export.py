@@ -25,7 +25,7 @@ from pipeline.configs import PipelineConfig
 from pipeline.eval_config import slice_metrics
 from trainer.features import OOV_BUCKETS, transformed_name, vocab_filename
 from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.task import output_name
+from trainer.task import output_name, serving_feature_spec
 from trainer.warm_start import copy_hypernetwork_weights
 
 MANIFEST = "manifest.json"
@@ -39,8 +39,7 @@ def load_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     layout = ModelLayout.from_transform(config, tft_output)
     model = ConfiguredHyperModel(config, layout, name="hyper_model")
     # Create the variables as training did (same names): one empty raw example, transformed.
-    spec = {k: v for k, v in tft_output.raw_feature_spec().items()
-            if k not in config.label_only_columns}
+    spec = serving_feature_spec(config, tft_output)
     empty = tf.train.Example().SerializeToString()
     model(tft_output.transform_features_layer()(tf.io.parse_example(tf.constant([empty]), spec)))
     reason = copy_hypernetwork_weights(model.hyper, model_dir)
@@ -69,8 +68,7 @@ def context_values(config: PipelineConfig, tft_output: tft.TFTransformOutput
             per_feature.append([(v, float(ids.get(v, oov_id))) for v in values])
         else:
             raw = [float(v) for v in listed]  # validation guarantees a list for numeric contexts
-            per_feature.append(list(zip(map(str, raw), _transform_numeric(tft_output, name, raw,
-                                                                config.label_only_columns))))
+            per_feature.append(list(zip(map(str, raw), _transform_numeric(config, tft_output, name, raw))))
     combos = list(itertools.product(*per_feature))
     limit = config.target_networks.max_networks
     if len(combos) > limit:
@@ -82,12 +80,12 @@ def context_values(config: PipelineConfig, tft_output: tft.TFTransformOutput
              {n: x for n, (_, x) in zip(config.context, c)}) for c in combos]
 
 
-def _transform_numeric(tft_output: tft.TFTransformOutput, name: str, values: Sequence[float],
-                       label_only: Sequence[str]) -> list[float]:
-    dtype = tft_output.raw_feature_spec()[name].dtype
-    examples = [tf.train.Example(features=tf.train.Features(feature={name: _feature(v, dtype)}))
-                .SerializeToString() for v in values]
-    spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k not in label_only}
+def _transform_numeric(config: PipelineConfig, tft_output: tft.TFTransformOutput, name: str,
+                       values: Sequence[float]) -> list[float]:
+    """Raw numeric context values as the model sees them (through the Transform graph)."""
+    spec = serving_feature_spec(config, tft_output)
+    examples = [tf.train.Example(features=tf.train.Features(
+        feature={name: _feature(v, spec[name].dtype)})).SerializeToString() for v in values]
     parsed = tf.io.parse_example(tf.constant(examples), spec)
     out = tft_output.transform_features_layer()(parsed)[transformed_name(name)]
     return [float(x) for x in tf.reshape(out, [-1]).numpy()]
@@ -108,8 +106,7 @@ class TargetNetworkServing(tf.Module):
         self.target = target
         self.assembler = model.assembler  # no variables: numeric columns + one-hots
         self.tft_layer = tft_output.transform_features_layer()
-        spec = {k: v for k, v in tft_output.raw_feature_spec().items()
-                if k not in config.label_only_columns}
+        spec = serving_feature_spec(config, tft_output)
         name = output_name(config)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])

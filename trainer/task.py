@@ -34,6 +34,12 @@ def output_name(config: PipelineConfig) -> str:
     return "predictions" if config.label.task == "regression" else "probabilities"
 
 
+def serving_feature_spec(config: PipelineConfig, tft_output: tft.TFTransformOutput) -> dict:
+    """The raw feature spec of a serving request: every column but the label-only ones."""
+    return {k: v for k, v in tft_output.raw_feature_spec().items()
+            if k not in config.label_only_columns}
+
+
 def make_dataset(file_pattern, data_accessor: tfx.components.DataAccessor,
                  tft_output: tft.TFTransformOutput, config: PipelineConfig) -> tf.data.Dataset:
     options = tfxio.TensorFlowDatasetOptions(
@@ -100,7 +106,7 @@ def export(model: tf.keras.Model, config: PipelineConfig, tft_output: tft.TFTran
     """Save with both signatures (see module docstring)."""
     model.tft_layer = tft_output.transform_features_layer()
     raw_spec = tft_output.raw_feature_spec()
-    serving_spec = {k: v for k, v in raw_spec.items() if k not in config.label_only_columns}
+    serving_spec = serving_feature_spec(config, tft_output)
     out_name = output_name(config)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
