@@ -155,10 +155,9 @@ def fit_and_score(build: Callable[[], tf.keras.Model], config: PipelineConfig,
                   accessor: DataAccessor, art: RunArtifacts, tft_output: tft.TFTransformOutput,
                   eval_batches) -> dict[str, Any]:
     tf.keras.utils.set_random_seed(config.training.seed)
-    train_ds = make_dataset(split_files(art.transformed_examples, "train"), accessor,
-                            tft_output, config)
-    val_ds = make_dataset(split_files(art.transformed_examples, "eval"), accessor,
-                          tft_output, config)
+    train_ds = make_dataset(split_files(art.transformed_examples, "train"), tft_output, config)
+    val_ds = make_dataset(split_files(art.transformed_examples, "eval"), tft_output, config,
+                          training=False)
     model = build()
     compile_model(model, config)
     start = time.time()

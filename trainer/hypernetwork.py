@@ -16,13 +16,13 @@ import tensorflow as tf
 
 from trainer.functional_target import apply_target, build_target_model, split_params
 from trainer.generator import ContextEncoder, ContextSpec, GeneratorConfig, WeightGenerator
-from trainer.keras_env import require_legacy_keras
+from trainer.keras_env import GraphModel, require_legacy_keras
 from trainer.target_spec import TargetSpec
 
 FEATURES = "features"
 
 
-class HyperNetwork(tf.keras.Model):
+class HyperNetwork(GraphModel):
     """A hypernetwork whose only trainable variables are the generator's."""
 
     def __init__(

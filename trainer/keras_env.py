@@ -5,7 +5,9 @@ before TensorFlow was imported, `tf.keras` silently becomes Keras 3 and mixing i
 with the TFT layer fails far from the cause. Fail here, early and clearly.
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import tensorflow as tf
 
@@ -19,3 +21,42 @@ def require_legacy_keras() -> None:
             f"imported (found TF_USE_LEGACY_KERAS={os.environ.get('TF_USE_LEGACY_KERAS')!r}, "
             f"tf.keras from {implementation!r})."
         )
+
+
+# Every tensor-dependent branch in this package is an explicit tf.cond, so nothing needs
+# AutoGraph's source rewriting. Left on, it transpiles our layers and Keras's own step,
+# loss, metric and optimizer code at every trace: most of the Trainer's first epoch and of
+# each SavedModel export (bench/pipeline_vs_template.py times the components).
+without_autograph = tf.autograph.experimental.do_not_convert
+
+
+class GraphModel(tf.keras.Model):
+    """A Keras model whose fit/evaluate/predict steps (and all they call) skip AutoGraph."""
+
+    @without_autograph
+    def train_step(self, data):
+        return super().train_step(data)
+
+    @without_autograph
+    def test_step(self, data):
+        return super().test_step(data)
+
+    @without_autograph
+    def predict_step(self, data):
+        return super().predict_step(data)
+
+
+@contextlib.contextmanager
+def without_keras_traces() -> Iterator[None]:
+    """tf.saved_model.save without tf_keras's extra traces of every layer's call.
+
+    Those traces (the "keras_api" functions and a default signature, for reloading
+    as Keras) cost seconds per export, and nothing here reloads a model as Keras:
+    TFMA, serving and warm start use the signatures and the variables. It is what
+    `model.save(..., save_traces=False)` sets, without writing the Keras format.
+    """
+    from tf_keras.src.saving.legacy.saved_model import utils
+
+    with utils.keras_option_scope(save_traces=False,
+                                  in_tf_saved_model_scope=utils.in_tf_saved_model_scope()):
+        yield

@@ -18,7 +18,7 @@ from trainer.features import (
 )
 from trainer.generator import ContextSpec, GeneratorConfig
 from trainer.hypernetwork import FEATURES, HyperNetwork
-from trainer.keras_env import require_legacy_keras
+from trainer.keras_env import GraphModel, require_legacy_keras
 from trainer.preprocessing import LABEL_VOCAB
 from trainer.target_spec import TargetSpec
 
@@ -79,7 +79,7 @@ class FeatureAssembler(tf.keras.layers.Layer):
         return tf.concat(parts, axis=1)
 
 
-class ConfiguredHyperModel(tf.keras.Model):
+class ConfiguredHyperModel(GraphModel):
     """Transformed features -> prediction, through the config's hypernetwork."""
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
@@ -100,7 +100,7 @@ class ConfiguredHyperModel(tf.keras.Model):
         return self.hyper(self.hyper_inputs(transformed))
 
 
-class PlainMLP(tf.keras.Model):
+class PlainMLP(GraphModel):
     """The reference: the same target architecture, context one-hot encoded as ordinary input."""
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):

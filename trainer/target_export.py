@@ -24,6 +24,7 @@ from absl import logging
 from pipeline.configs import PipelineConfig
 from pipeline.eval_config import slice_metrics
 from trainer.features import OOV_BUCKETS, transformed_name, vocab_filename
+from trainer.keras_env import without_autograph, without_keras_traces
 from trainer.model import ConfiguredHyperModel, ModelLayout
 from trainer.task import output_name, serving_feature_spec
 from trainer.warm_start import copy_hypernetwork_weights
@@ -110,6 +111,7 @@ class TargetNetworkServing(tf.Module):
         name = output_name(config)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        @without_autograph
         def serve(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
             transformed = self.tft_layer(tf.io.parse_example(serialized, spec))
             return {name: self.target(self.assembler(transformed))}
@@ -136,8 +138,9 @@ def export_target_networks(config: PipelineConfig, model_dir: str,
         target = model.hyper.materialize(inputs, name="target_network")
         weights.append(np.concatenate([w.ravel() for w in target.get_weights()]))
         module = TargetNetworkServing(target, model, tft_output, config)
-        tf.saved_model.save(module, os.path.join(output_dir, name),
-                            signatures={"serving_default": module.serve})
+        with without_keras_traces():
+            tf.saved_model.save(module, os.path.join(output_dir, name),
+                                signatures={"serving_default": module.serve})
         slice_ = metrics.get(", ".join(f"{k}={v}" for k, v in raw.items()))
         networks.append({"context": raw, "model_input": inputs, "path": name,
                          "num_params": int(target.count_params()), "metrics": slice_})

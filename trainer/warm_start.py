@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 from absl import logging
@@ -45,10 +46,31 @@ def mismatch(model_vars: list[tf.Variable], base_vars: list[tf.Variable]) -> str
     return None
 
 
+def trainable_variables_under(root: Any) -> list[tf.Variable]:
+    """Every trainable variable reachable from a restored object, each once.
+
+    A restored Keras layer has no `trainable_variables` unless it was saved with Keras's
+    traces (trainer/keras_env.without_keras_traces); walking the object graph reads both.
+    """
+    found: dict[int, tf.Variable] = {}
+    queue, seen = [root], {id(root)}
+    while queue:
+        node = queue.pop(0)
+        if isinstance(node, tf.Variable):
+            if node.trainable:
+                found.setdefault(id(node), node)
+            continue
+        for child in tf.train.TrackableView(node).children(node).values():
+            if id(child) not in seen:
+                seen.add(id(child))
+                queue.append(child)
+    return list(found.values())
+
+
 def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str) -> str | None:
     """Set `hyper`'s variables (built) from an exported model's; None, or why not."""
     try:
-        base_vars = list(tf.saved_model.load(model_dir).hyper.trainable_variables)
+        base_vars = trainable_variables_under(tf.saved_model.load(model_dir).hyper)
     except (OSError, ValueError, AttributeError) as e:
         return f"cannot read the base model at {model_dir}: {e}"
     reason = mismatch(hyper.trainable_variables, base_vars)
