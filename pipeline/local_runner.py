@@ -82,9 +82,26 @@ def beam_pipeline_args(config: configs.PipelineConfig, args: argparse.Namespace)
     return dataclasses.replace(config, beam=beam).beam.pipeline_args()  # replace() validates
 
 
+def apply_in_process_cache_size(beam_args: list[str]) -> int:
+    """Give Beam's in-memory DirectRunner the side-input cache size that the args ask for.
+
+    Beam's worker processes read --max_cache_memory_usage_mb; the in-memory runner, which
+    runs every component's Beam work in this process, hard-codes 100 MB (Beam 2.61,
+    fn_api_runner/worker_handlers.py). Returns the size applied.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    size = PipelineOptions(beam_args).view_as(WorkerOptions).max_cache_memory_usage_mb
+    worker_handlers.STATE_CACHE_SIZE_MB = size
+    return size
+
+
 def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
-    tfx.orchestration.LocalDagRunner().run(build(argv))
+    pipeline = build(argv)
+    apply_in_process_cache_size(pipeline.beam_pipeline_args)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
     if parse_args(argv).retrain:
         from pipeline import summary
 

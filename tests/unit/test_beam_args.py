@@ -134,7 +134,7 @@ def test_local_runner_flags_override_and_extend_the_config():
         "--beam_arg=--runner=FlinkRunner", "--beam_arg=--flink_master=flink:8081"])
     beam_args = local_runner.beam_pipeline_args(config, args)
     assert beam_args == ["--direct_running_mode=multi_processing", "--direct_num_workers=3",
-                         "--parallelism=2", "--runner=FlinkRunner", "--flink_master=flink:8081"]
+                         "--max_cache_memory_usage_mb=0", "--parallelism=2", "--runner=FlinkRunner", "--flink_master=flink:8081"]
     opts = PipelineOptions(beam_args)
     assert opts.view_as(FlinkRunnerOptions).flink_master == "flink:8081"
     assert opts.view_as(FlinkRunnerOptions).parallelism == 2
@@ -158,3 +158,31 @@ def test_kubeflow_spec_passes_the_beam_args_to_every_beam_component(tmp_path):
         opts = PipelineOptions(args[name][args[name].index("{{$}}") + 1:])
         assert opts.view_as(StandardOptions).runner == "DataflowRunner"
         assert opts.view_as(GoogleCloudOptions).project == "my-project"
+
+
+@pytest.mark.parametrize("size_mb, weighed", [(0, False), (100, True)])
+def test_in_process_runner_takes_the_cache_size_from_the_args(monkeypatch, size_mb, weighed):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.worker import statecache
+    from apache_beam.testing.util import assert_that, equal_to
+
+    monkeypatch.setattr(worker_handlers, "STATE_CACHE_SIZE_MB", worker_handlers.STATE_CACHE_SIZE_MB)
+    config = configs.from_dict({**_taxi(), "beam": {"max_cache_memory_usage_mb": size_mb}})
+    assert f"--max_cache_memory_usage_mb={size_mb}" in config.beam.pipeline_args()
+    assert local_runner.apply_in_process_cache_size(config.beam.pipeline_args()) == size_mb
+    assert worker_handlers.STATE_CACHE_SIZE_MB == size_mb
+    calls = []
+    real = statecache.get_deep_size
+    monkeypatch.setattr(statecache, "get_deep_size", lambda *o: calls.append(1) or real(*o))
+    with beam.Pipeline(options=PipelineOptions(config.beam.pipeline_args())) as p:
+        side = p | "side" >> beam.Create([1, 2, 3])
+        out = (p | beam.Create([10, 20])
+               | beam.Map(lambda x, s: x + sum(s), s=beam.pvalue.AsList(side)))
+        assert_that(out, equal_to([16, 26]))
+    assert bool(calls) is weighed  # a cached side input is weighed; an uncached one is not
+
+
+def test_negative_cache_size_is_refused():
+    with pytest.raises(configs.ConfigError, match="max_cache_memory_usage_mb must be >= 0"):
+        configs.from_dict({**_taxi(), "beam": {"max_cache_memory_usage_mb": -1}})
