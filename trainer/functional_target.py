@@ -22,11 +22,13 @@ def apply_target(
     params: Sequence[tf.Tensor],
     index: tf.Tensor | None = None,
     return_logits: bool = False,
+    max_contexts: int | None = None,
 ) -> tf.Tensor:
     """Run the target MLP on x [B, input_dim] with generated parameters.
 
     `params[k]` has a leading axis over parameter sets (one per distinct context);
-    `index` [B] says which set each example uses (None: set 0 for every example).
+    `index` [B] says which set each example uses (None: set 0 for every example);
+    `max_contexts`, when known, bounds how many sets there can be.
     The function owns no variables, so every gradient flows to the generator.
     """
     h = x
@@ -35,21 +37,35 @@ def apply_target(
         if index is None:
             h = tf.matmul(h, kernel[0]) + bias[0]
         else:
-            h = _per_context_dense(h, kernel, bias, index)
+            h = _per_context_dense(h, kernel, bias, index, max_contexts)
         if layer < spec.num_layers - 1:
             h = _activation(spec.activation)(h)
     return h if return_logits else _activation(spec.head)(h)
 
 
-def _per_context_dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
-                       index: tf.Tensor) -> tf.Tensor:
+# Up to this many possible contexts, each context's examples go through their own matrix
+# product (one op per possible context, empty ones cost next to nothing).
+PARTITION_LIMIT = 32
+
+
+def _per_context_dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, index: tf.Tensor,
+                       max_contexts: int | None = None) -> tf.Tensor:
     """h [B, in] through kernel[index[b]] [U, in, out] and bias[index[b]], per example.
 
-    Few distinct contexts (U <= B / 8, the usual case: a batch shares a handful): one
-    matrix product against all U kernels side by side, then each example keeps its
-    context's columns; the cost is U plain layers and it runs as one GEMM. Many
-    contexts: gather one kernel per example and multiply batch-wise (B small products).
+    Few possible contexts (a categorical context, `max_contexts` <= PARTITION_LIMIT):
+    the batch is partitioned by context and each part multiplied by its own kernel, so
+    the work is one plain layer's. Otherwise, few distinct contexts in the batch
+    (U <= B / 8): one product against all U kernels side by side, each example keeping
+    its context's columns (U plain layers' work, as one GEMM). Many: gather one kernel
+    per example and multiply batch-wise (B small products).
     """
+    if max_contexts is not None and max_contexts <= PARTITION_LIMIT:
+        last = tf.shape(kernel)[0] - 1  # parts past the batch's U contexts are empty
+        parts = tf.dynamic_partition(h, index, max_contexts)
+        positions = tf.dynamic_partition(tf.range(tf.shape(h)[0]), index, max_contexts)
+        outs = [tf.matmul(part, kernel[tf.minimum(u, last)]) for u, part in enumerate(parts)]
+        return tf.dynamic_stitch(positions, outs) + tf.gather(bias, index)
+
     contexts, batch = tf.shape(kernel)[0], tf.shape(h)[0]
 
     def all_contexts() -> tf.Tensor:

@@ -58,6 +58,13 @@ class ContextSpec:
     def is_static(self) -> bool:
         return not self.names
 
+    @property
+    def max_distinct(self) -> int | None:
+        """How many distinct contexts there can be (None: unbounded, a numeric context)."""
+        if self.numeric:
+            return None
+        return math.prod(int(size) for size in self.categorical.values())
+
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:

@@ -66,7 +66,8 @@ class HyperNetwork(GraphModel):
     def call(self, inputs: Mapping[str, tf.Tensor], return_logits: bool = False) -> tf.Tensor:
         flat, index = self.generate_for_batch(inputs)
         x = tf.cast(inputs[FEATURES], tf.float32)
-        return apply_target(self.target, x, split_params(self.target, flat), index, return_logits)
+        return apply_target(self.target, x, split_params(self.target, flat), index, return_logits,
+                            max_contexts=self.context.max_distinct)
 
     # -- one context at a time ----------------------------------------------
     def generated_weights(self, context: Mapping[str, float] | None = None) -> list[np.ndarray]:

@@ -441,3 +441,25 @@ def test_hypernetwork_beats_plain_mlp_on_per_domain_rules():
               for s, (h, p, nh, np_) in zip(LEARNING_SEEDS, results)]
     print("\n".join(detail))
     assert all(h - p >= MIN_MARGIN for h, p, _, _ in results), detail
+
+
+@pytest.mark.parametrize("batch, contexts", [(64, 3), (5, 4)])
+def test_partitioned_per_context_dense_matches_the_general_path(batch, contexts):
+    """A bounded categorical context takes the partitioned path: same outputs and gradients."""
+    from trainer.functional_target import _per_context_dense
+
+    rng = np.random.default_rng(0)
+    h = tf.constant(rng.normal(size=(batch, 6)), tf.float32)
+    kernel = tf.Variable(rng.normal(size=(contexts, 6, 3)).astype(np.float32))
+    bias = tf.Variable(rng.normal(size=(contexts, 3)).astype(np.float32))
+    index = tf.constant(rng.integers(0, contexts - 1, size=batch), tf.int32)  # one unused
+    results = []
+    for bound in (7, None):  # 7 possible contexts, 3 of them in the batch / the general path
+        with tf.GradientTape() as tape:
+            out = _per_context_dense(h, kernel, bias, index, max_contexts=bound)
+            loss = tf.reduce_sum(out * out)
+        results.append([out.numpy(), *[tf.convert_to_tensor(g).numpy()
+                                         for g in tape.gradient(loss, [kernel, bias])]])
+    for partitioned, general in zip(*results):
+        np.testing.assert_allclose(partitioned, general, rtol=1e-5, atol=1e-5)
+    assert results[0][0].shape == (batch, 3)
