@@ -21,7 +21,7 @@ from components.report_html import (
     weights_projection,
 )
 from components.target_networks import SERVING_DIR
-from components.verdict import VERDICT_FILE
+from pipeline.eval_config import VERDICT_FILE
 from trainer.target_export import WEIGHTS_FILE
 from trainer.task import HISTORY_FILE
 

@@ -19,9 +19,7 @@ import tensorflow as tf
 from absl import logging
 from tfx import v1 as tfx
 
-from pipeline.eval_config import slice_metrics
-
-VERDICT_FILE = "verdict.json"
+from pipeline.eval_config import VERDICT_FILE, slice_metrics
 
 
 def _slice_name(slice_key: Any) -> str:

@@ -8,6 +8,9 @@ from pipeline.configs import PipelineConfig
 
 TRANSFORM_SIGNATURE = "transform_features"
 # (TFMA metric class, higher is better, key in TFMA's results) per gate metric and task.
+# ModelVerdict writes its verdict under this name, next to each deployment_blessing.
+VERDICT_FILE = "verdict.json"
+
 GATE_METRICS = {
     ("binary", "auc"): ("AUC", True, "auc"),
     ("binary", "accuracy"): ("BinaryAccuracy", True, "binary_accuracy"),

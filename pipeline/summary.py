@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from pipeline import configs
-from pipeline.eval_config import gate_metric_key, slice_metrics
+from pipeline.eval_config import VERDICT_FILE, gate_metric_key, slice_metrics
 
 
 def run_artifacts(metadata_path: str, run_id: str | None = None) -> dict[str, list[Any]]:
@@ -55,15 +55,15 @@ def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict
                                "gate_metric": gate_metric_key(config)}
     for art in arts.get("deployment_blessing", []):  # ModelVerdict's: the final decision
         summary["blessed"] = bool(_prop(art, "blessed"))
+        own = os.path.join(art.uri, VERDICT_FILE)  # this run's, not the newest in the root
+        if os.path.exists(own):
+            with open(own) as f:
+                summary["verdict"] = json.load(f)
     for art in arts.get("evaluation", []):
         summary["evaluation_uri"] = art.uri
         summary["metrics"] = slice_metrics(art.uri)
     for art in arts.get("model", []):
         summary["model_uri"] = art.uri
-    verdict_path = os.path.join(config.pipeline_root, "verdict.json")
-    if "blessed" in summary and os.path.exists(verdict_path):
-        with open(verdict_path) as f:
-            summary["verdict"] = json.load(f)
     for art in arts.get("pushed_model", []):
         summary["pushed"] = bool(_prop(art, "pushed"))
         summary["pushed_destination"] = _prop(art, "pushed_destination") or None
