@@ -7,10 +7,9 @@ import tensorflow_model_analysis as tfma
 from pipeline.configs import PipelineConfig
 
 TRANSFORM_SIGNATURE = "transform_features"
-# (TFMA metric class, higher is better, key in TFMA's results) per gate metric and task.
 # ModelVerdict writes its verdict under this name, next to each deployment_blessing.
 VERDICT_FILE = "verdict.json"
-
+# (TFMA metric class, higher is better, key in TFMA's results) per gate metric and task.
 GATE_METRICS = {
     ("binary", "auc"): ("AUC", True, "auc"),
     ("binary", "accuracy"): ("BinaryAccuracy", True, "binary_accuracy"),

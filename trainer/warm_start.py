@@ -52,19 +52,18 @@ def trainable_variables_under(root: Any) -> list[tf.Variable]:
     A restored Keras layer has no `trainable_variables` unless it was saved with Keras's
     traces (trainer/keras_env.without_keras_traces); walking the object graph reads both.
     """
-    found: dict[int, tf.Variable] = {}
-    queue, seen = [root], {id(root)}
-    while queue:
-        node = queue.pop(0)
+    found, stack, seen = [], [root], {id(root)}
+    while stack:
+        node = stack.pop()
         if isinstance(node, tf.Variable):
             if node.trainable:
-                found.setdefault(id(node), node)
+                found.append(node)
             continue
         for child in tf.train.TrackableView(node).children(node).values():
             if id(child) not in seen:
                 seen.add(id(child))
-                queue.append(child)
-    return list(found.values())
+                stack.append(child)
+    return found
 
 
 def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str) -> str | None:
