@@ -5,6 +5,7 @@ from __future__ import annotations
 from pipeline.configs import PipelineConfig
 
 OOV_BUCKETS = 1
+SHARED_VOCAB = "vocab_categorical"  # "column=value" tokens of every non-context categorical
 
 
 def transformed_name(raw: str) -> str:
@@ -18,6 +19,16 @@ def missing_name(raw: str) -> str:
 
 def vocab_filename(raw: str) -> str:
     return f"vocab_{raw}"
+
+
+def own_vocabulary_columns(config: PipelineConfig) -> list[str]:
+    """Categorical contexts: each value is a row of the generator's embedding."""
+    return [c for c in config.features.categorical if c in config.context]
+
+
+def shared_vocabulary_columns(config: PipelineConfig) -> list[str]:
+    """Every other categorical column: ids in one shared vocabulary (SHARED_VOCAB)."""
+    return [c for c in config.features.categorical if c not in config.context]
 
 
 def bucket_name(raw: str) -> str:

@@ -10,9 +10,12 @@ import tensorflow_transform as tft
 from pipeline.configs import PipelineConfig
 from trainer.features import (
     OOV_BUCKETS,
+    SHARED_VOCAB,
     bucket_name,
     categorical_inputs,
     numeric_inputs,
+    own_vocabulary_columns,
+    shared_vocabulary_columns,
     transformed_name,
     vocab_filename,
 )
@@ -29,22 +32,50 @@ HEAD = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
 class ModelLayout:
     """Widths that only Transform's vocabularies can tell."""
 
-    vocab_sizes: dict[str, int]  # categorical input (raw column or bucket) -> ids incl. OOV
+    vocab_sizes: dict[str, int]  # one-hot input (context column or bucket) -> ids incl. OOV
+    shared_columns: tuple[str, ...]  # categorical columns whose ids share SHARED_VOCAB
+    shared_size: int  # SHARED_VOCAB's tokens, without the columns' own OOV ids
     num_classes: int  # 1 for binary and regression
 
     @classmethod
     def from_transform(cls, config: PipelineConfig, tft_output: tft.TFTransformOutput) -> ModelLayout:
         sizes = {c: tft_output.vocabulary_size_by_name(vocab_filename(c)) + OOV_BUCKETS
-                 for c in config.features.categorical}
+                 for c in own_vocabulary_columns(config)}
         sizes.update({bucket_name(c): config.features.num_buckets
                       for c in config.features.bucketized})
+        shared = tuple(shared_vocabulary_columns(config))
+        shared_size = tft_output.vocabulary_size_by_name(SHARED_VOCAB) if shared else 0
         classes = 1
         if config.label.task == "multiclass":
             classes = config.label.num_classes or tft_output.vocabulary_size_by_name(LABEL_VOCAB)
-        return cls(sizes, classes)
+        return cls(sizes, shared, shared_size, classes)
+
+    @property
+    def shared_width(self) -> int:
+        """The shared id space: every token, then one OOV id per column."""
+        return self.shared_size + len(self.shared_columns)
+
+    def oov_id(self, column: str) -> int:
+        if column in self.shared_columns:
+            return self.shared_size + self.shared_columns.index(column)
+        return self.vocab_sizes[column] - 1
 
     def input_dim(self, config: PipelineConfig) -> int:
-        return len(numeric_inputs(config)) + sum(self.vocab_sizes[c] for c in categorical_inputs(config))
+        columns = categorical_inputs(config)
+        shared = any(c in self.shared_columns for c in columns)
+        return (len(numeric_inputs(config)) + shared * self.shared_width
+                + sum(self.vocab_sizes[c] for c in columns if c not in self.shared_columns))
+
+
+def vocabulary_files(config: PipelineConfig, tft_output: tft.TFTransformOutput) -> dict[str, str]:
+    """Every vocabulary the model's ids index, by what it encodes (for warm start's check)."""
+    files = {c: tft_output.vocabulary_file_by_name(vocab_filename(c))
+             for c in own_vocabulary_columns(config)}
+    if shared_vocabulary_columns(config):
+        files["the categorical columns"] = tft_output.vocabulary_file_by_name(SHARED_VOCAB)
+    if config.label.task == "multiclass":
+        files["label"] = tft_output.vocabulary_file_by_name(LABEL_VOCAB)
+    return files
 
 
 def target_spec(config: PipelineConfig, layout: ModelLayout) -> TargetSpec:
@@ -65,17 +96,28 @@ def generator_config(config: PipelineConfig) -> GeneratorConfig:
 
 
 class FeatureAssembler(tf.keras.layers.Layer):
-    """Transformed features -> the target network's dense input (numeric + one-hots)."""
+    """Transformed features -> the target network's dense input.
+
+    Numeric columns, then a one-hot per own-vocabulary column or bucket, then one
+    multi-hot over the shared id space (the columns' slices of it are disjoint, so it
+    is their one-hots side by side, in the vocabulary's order).
+    """
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
         super().__init__(**kwargs)
+        columns = categorical_inputs(config)
         self.numeric = numeric_inputs(config)
-        self.categorical = [(transformed_name(c), layout.vocab_sizes[c])
-                            for c in categorical_inputs(config)]
+        self.one_hot = [(transformed_name(c), layout.vocab_sizes[c])
+                        for c in columns if c not in layout.shared_columns]
+        self.shared = [transformed_name(c) for c in columns if c in layout.shared_columns]
+        self.shared_width = layout.shared_width
 
     def call(self, transformed: dict[str, tf.Tensor]) -> tf.Tensor:
         parts = [tf.reshape(tf.cast(transformed[n], tf.float32), [-1, 1]) for n in self.numeric]
-        parts += [tf.one_hot(tf.reshape(transformed[n], [-1]), depth) for n, depth in self.categorical]
+        parts += [tf.one_hot(tf.reshape(transformed[n], [-1]), depth) for n, depth in self.one_hot]
+        if self.shared:
+            ids = tf.stack([tf.reshape(transformed[n], [-1]) for n in self.shared], axis=1)
+            parts.append(tf.reduce_sum(tf.one_hot(ids, self.shared_width), axis=1))
         return tf.concat(parts, axis=1)
 
 

@@ -21,10 +21,8 @@ from absl import logging
 from tfx import v1 as tfx
 
 from pipeline.configs import PipelineConfig, deserialize
-from trainer.features import vocab_filename
 from trainer.keras_env import require_legacy_keras, without_autograph, without_keras_traces
-from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.preprocessing import LABEL_VOCAB
+from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
 
 HISTORY_FILE = "history.json"
@@ -179,11 +177,7 @@ def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:
         compile_model(model, config)
         if config.training.warm_start:
             model(next(iter(train_ds))[0])  # build the variables before copying into them
-            vocabularies = {c: tft_output.vocabulary_file_by_name(vocab_filename(c))
-                            for c in config.features.categorical}
-            if config.label.task == "multiclass":
-                vocabularies["label"] = tft_output.vocabulary_file_by_name(LABEL_VOCAB)
-            warm_start(model.hyper, fn_args.base_model, vocabularies)
+            warm_start(model.hyper, fn_args.base_model, vocabulary_files(config, tft_output))
     history = train(model, config, train_ds, eval_ds, log_dir=fn_args.model_run_dir)
     # Free training's garbage now, in one full pass (0.5 s): left to the collector, a
     # young-generation pass landing inside the export stalled it for 7-9 s in 2 runs of 3.

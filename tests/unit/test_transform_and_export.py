@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from tests.support import to_example
-from trainer.features import missing_name, transformed_name
-from trainer.model import ModelLayout
+from trainer.features import SHARED_VOCAB, missing_name, transformed_name
+from trainer.model import FeatureAssembler, ModelLayout
 
 
 def big_tipper(rows):
@@ -47,9 +47,32 @@ def test_numeric_features_are_z_scored_and_gaps_filled_with_the_mean(taxi):
 def test_unseen_and_rare_categories_share_the_oov_bucket(taxi):
     config, rows, dtypes, tft_output = taxi
     layout = ModelLayout.from_transform(config, tft_output)
-    oov = layout.vocab_sizes["company"] - 1
-    new = [dict(rows[0], company="A Company Nobody Has Seen")]
-    assert transform(tft_output, new, dtypes)[transformed_name("company")][0] == oov
+    new = [dict(rows[0], company="A Company Nobody Has Seen", trip_start_hour="99")]
+    out = transform(tft_output, new, dtypes)
+    # Each column has its own OOV id in the shared id space, past every token.
+    company, hour = layout.oov_id("company"), layout.oov_id("trip_start_hour")
+    assert company != hour and min(company, hour) >= layout.shared_size
+    assert out[transformed_name("company")][0] == company
+    assert out[transformed_name("trip_start_hour")][0] == hour
+
+
+def test_non_context_categoricals_share_one_vocabulary_of_column_value_tokens(taxi):
+    config, rows, dtypes, tft_output = taxi
+    layout = ModelLayout.from_transform(config, tft_output)
+    assert set(layout.shared_columns) == set(config.features.categorical) - set(config.context)
+    tokens = [t.decode() for t in tft_output.vocabulary_by_name(SHARED_VOCAB)]
+    assert layout.shared_size == len(tokens)
+    out = transform(tft_output, rows, dtypes)
+    for column in layout.shared_columns:
+        for row, i in zip(rows, out[transformed_name(column)]):
+            expected = f"{column}={row[column]}"
+            assert tokens[i] == expected if i < layout.shared_size else expected not in tokens
+    # The target network's input: numeric columns, one-hots, then one 1 per shared column.
+    inputs = FeatureAssembler(config, layout)(out).numpy()
+    assert inputs.shape == (len(rows), layout.input_dim(config))
+    shared = inputs[:, -layout.shared_width:]
+    np.testing.assert_array_equal(shared.sum(axis=1), len(layout.shared_columns))
+    assert set(np.unique(shared)) == {0.0, 1.0}
 
 
 def test_serving_without_label_columns_or_optional_fields(taxi):
