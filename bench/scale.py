@@ -113,12 +113,14 @@ def run_data_components(config: configs.PipelineConfig, workers: int) -> dict[st
     from tfx import v1 as tfx
     from tfx.orchestration.pipeline import RunOptions
 
+    from pipeline import in_process_beam
     from pipeline.pipeline import create_pipeline
 
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
     beam_args = configs.BeamConfig("multi_processing", workers).pipeline_args()
     dag = create_pipeline(config, metadata_connection_config=connection,
                           beam_pipeline_args=beam_args)
+    in_process_beam.tune(beam_args)  # as pipeline.local_runner does
     with contextlib.redirect_stdout(sys.stderr):
         tfx.orchestration.LocalDagRunner().run(dag, run_options=RunOptions(to_nodes=["Transform"]))
     store = metadata_store.MetadataStore(connection)

@@ -28,7 +28,7 @@ import dataclasses  # noqa: E402
 from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from pipeline import configs  # noqa: E402
+from pipeline import configs, in_process_beam  # noqa: E402
 from pipeline.inputs import check_data  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 
@@ -82,25 +82,10 @@ def beam_pipeline_args(config: configs.PipelineConfig, args: argparse.Namespace)
     return dataclasses.replace(config, beam=beam).beam.pipeline_args()  # replace() validates
 
 
-def apply_in_process_cache_size(beam_args: list[str]) -> int:
-    """Give Beam's in-memory DirectRunner the side-input cache size that the args ask for.
-
-    Beam's worker processes read --max_cache_memory_usage_mb; the in-memory runner, which
-    runs every component's Beam work in this process, hard-codes 100 MB (Beam 2.61,
-    fn_api_runner/worker_handlers.py). Returns the size applied.
-    """
-    from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
-
-    size = PipelineOptions(beam_args).view_as(WorkerOptions).max_cache_memory_usage_mb
-    worker_handlers.STATE_CACHE_SIZE_MB = size
-    return size
-
-
 def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     pipeline = build(argv)
-    apply_in_process_cache_size(pipeline.beam_pipeline_args)
+    in_process_beam.tune(pipeline.beam_pipeline_args)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     if parse_args(argv).retrain:
         from pipeline import summary

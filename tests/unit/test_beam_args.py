@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipeline import configs, local_runner
+from pipeline import configs, in_process_beam, local_runner
 from pipeline.kubeflow_runner import compile_pipeline
 from tests.support import ROOT
 
@@ -170,7 +170,7 @@ def test_in_process_runner_takes_the_cache_size_from_the_args(monkeypatch, size_
     monkeypatch.setattr(worker_handlers, "STATE_CACHE_SIZE_MB", worker_handlers.STATE_CACHE_SIZE_MB)
     config = configs.from_dict({**_taxi(), "beam": {"max_cache_memory_usage_mb": size_mb}})
     assert f"--max_cache_memory_usage_mb={size_mb}" in config.beam.pipeline_args()
-    assert local_runner.apply_in_process_cache_size(config.beam.pipeline_args()) == size_mb
+    assert in_process_beam.apply_in_process_cache_size(config.beam.pipeline_args()) == size_mb
     assert worker_handlers.STATE_CACHE_SIZE_MB == size_mb
     calls = []
     real = statecache.get_deep_size
@@ -186,3 +186,48 @@ def test_in_process_runner_takes_the_cache_size_from_the_args(monkeypatch, size_
 def test_negative_cache_size_is_refused():
     with pytest.raises(configs.ConfigError, match="max_cache_memory_usage_mb must be >= 0"):
         configs.from_dict({**_taxi(), "beam": {"max_cache_memory_usage_mb": -1}})
+
+
+def test_dill_trace_switch_sets_the_log_level_only_when_it_changes(monkeypatch):
+    import apache_beam as beam
+    import dill
+    from apache_beam.internal import pickler
+    from apache_beam.testing.util import assert_that, equal_to
+
+    monkeypatch.setattr(dill.dill, "_trace", dill.dill._trace)
+    log = dill.dill.log
+    monkeypatch.setattr(log, "level", log.level)
+    in_process_beam.skip_redundant_dill_log_levels()
+    levels = []
+    real = type(log).setLevel
+    monkeypatch.setattr(type(log), "setLevel",
+                        lambda self, level: levels.append((self.name, level)) or real(self, level))
+    dill.dill._trace(True)
+    dill.dill._trace(True)
+    assert log.level == logging.INFO
+    dill.dill._trace(False)
+    assert log.level == logging.WARN
+    assert pickler.loads(pickler.dumps(lambda x: x * 3))(5) == 15  # Beam's pickler still works
+    with beam.Pipeline() as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x + 1), equal_to([2, 3]))
+    assert [lv for name, lv in levels if name == log.name] == [logging.INFO, logging.WARN]
+
+
+@pytest.mark.parametrize("runner, skipped", [(None, True), ("DataflowRunner", False)])
+def test_tfx_packages_itself_only_for_remote_workers(monkeypatch, tmp_path, runner, skipped):
+    from tfx.components.statistics_gen.executor import Executor
+    from tfx.utils import dependency_utils
+
+    monkeypatch.setattr(dependency_utils, "make_beam_dependency_flags",
+                        dependency_utils.make_beam_dependency_flags)
+    built = []
+    monkeypatch.setattr(dependency_utils, "build_ephemeral_package",
+                        lambda: built.append(1) or str(tmp_path / "tfx_ephemeral.tar.gz"))
+    args = configs.from_dict(_taxi()).beam.pipeline_args()
+    if runner:
+        args.append(f"--runner={runner}")
+    assert in_process_beam.skip_tfx_sdist_for_direct_runner(args) is skipped
+    executor = Executor(Executor.Context(beam_pipeline_args=args))
+    extra = [a for a in executor._beam_pipeline_args if a.startswith("--extra_package")]
+    assert (extra == []) is skipped
+    assert bool(built) is not skipped
