@@ -46,26 +46,36 @@ sys.path.insert(0, ROOT)
 from bench.machine import cpu_info  # noqa: E402
 from pipeline import configs  # noqa: E402
 from pipeline.configs import PipelineConfig  # noqa: E402
-from trainer.features import OOV_BUCKETS, bucket_name  # noqa: E402
+from trainer.features import (  # noqa: E402
+    OOV_BUCKETS,
+    bucket_name,
+    own_vocabulary_columns,
+    shared_vocabulary_columns,
+)
 from trainer.functional_target import build_target_model  # noqa: E402
 from trainer.hypernetwork import FEATURES, HyperNetwork  # noqa: E402
 from trainer.model import ModelLayout, context_spec, generator_config, target_spec  # noqa: E402
 
 
 def taxi_shapes(config: PipelineConfig, csv_path: str) -> tuple[ModelLayout, dict[str, np.ndarray]]:
-    """The layout Transform would give (vocabularies with min count + OOV) and, per context
-    feature, the id of every CSV row (rare or empty values: the OOV id)."""
+    """The layout Transform would give (vocabularies with min count + OOV; contexts their
+    own, the other columns one shared) and, per context feature, the id of every CSV row
+    (rare values: the OOV id)."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    sizes, ids = {}, {}
+    sizes, ids, shared_tokens = {}, {}, 0
     for name in config.features.categorical:
-        counts = Counter(r[name] for r in rows if r[name] != "")
+        counts = Counter(r[name] for r in rows)  # "" (a gap) is a token, as in Transform
         vocab = [v for v, c in counts.most_common() if c >= config.features.vocab_min_count]
+        if name not in own_vocabulary_columns(config):
+            shared_tokens += len(vocab)
+            continue
         sizes[name] = len(vocab) + OOV_BUCKETS
         index = {v: i for i, v in enumerate(vocab)}
         ids[name] = np.array([index.get(r[name], len(vocab)) for r in rows])
     sizes.update({bucket_name(c): config.features.num_buckets for c in config.features.bucketized})
-    return ModelLayout(sizes, 1), {c: ids[c] for c in config.context}
+    layout = ModelLayout(sizes, tuple(shared_vocabulary_columns(config)), shared_tokens, 1)
+    return layout, {c: ids[c] for c in config.context}
 
 
 def generator_macs_per_context(model: HyperNetwork) -> int:
