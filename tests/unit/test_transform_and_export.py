@@ -56,6 +56,15 @@ def test_unseen_and_rare_categories_share_the_oov_bucket(taxi):
     assert out[transformed_name("trip_start_hour")][0] == hour
 
 
+def test_a_nan_is_a_gap_like_a_missing_value(taxi):
+    config, rows, dtypes, tft_output = taxi
+    nan, missing = dict(rows[0], trip_miles="nan"), dict(rows[0], trip_miles="")
+    out = transform(tft_output, [nan, missing, rows[0]], dtypes)
+    np.testing.assert_array_equal(out[missing_name("trip_miles")], [1.0, 1.0, 0.0])
+    z = out[transformed_name("trip_miles")]
+    assert np.all(np.isfinite(z)) and z[0] == z[1] == 0.0  # the gap scores 0, not NaN
+
+
 def test_non_context_categoricals_share_one_vocabulary_of_column_value_tokens(taxi):
     config, rows, dtypes, tft_output = taxi
     layout = ModelLayout.from_transform(config, tft_output)
