@@ -60,11 +60,16 @@ class ModelLayout:
             return self.shared_size + self.shared_columns.index(column)
         return self.vocab_sizes[column] - 1
 
-    def input_dim(self, config: PipelineConfig) -> int:
+    def categorical_encoding(self, config: PipelineConfig) -> tuple[list[tuple[str, int]], list[str]]:
+        """The config's categorical inputs as (one-hot column, depth) pairs and shared columns."""
         columns = categorical_inputs(config)
-        shared = any(c in self.shared_columns for c in columns)
-        return (len(numeric_inputs(config)) + shared * self.shared_width
-                + sum(self.vocab_sizes[c] for c in columns if c not in self.shared_columns))
+        return ([(c, self.vocab_sizes[c]) for c in columns if c not in self.shared_columns],
+                [c for c in columns if c in self.shared_columns])
+
+    def input_dim(self, config: PipelineConfig) -> int:
+        one_hot, shared = self.categorical_encoding(config)
+        return (len(numeric_inputs(config)) + sum(depth for _, depth in one_hot)
+                + (self.shared_width if shared else 0))
 
 
 def vocabulary_files(config: PipelineConfig, tft_output: tft.TFTransformOutput) -> dict[str, str]:
@@ -105,11 +110,10 @@ class FeatureAssembler(tf.keras.layers.Layer):
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
         super().__init__(**kwargs)
-        columns = categorical_inputs(config)
+        one_hot, shared = layout.categorical_encoding(config)
         self.numeric = numeric_inputs(config)
-        self.one_hot = [(transformed_name(c), layout.vocab_sizes[c])
-                        for c in columns if c not in layout.shared_columns]
-        self.shared = [transformed_name(c) for c in columns if c in layout.shared_columns]
+        self.one_hot = [(transformed_name(c), depth) for c, depth in one_hot]
+        self.shared = [transformed_name(c) for c in shared]
         self.shared_width = layout.shared_width
 
     def call(self, transformed: dict[str, tf.Tensor]) -> tf.Tensor:
