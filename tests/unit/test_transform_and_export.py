@@ -5,7 +5,7 @@ Fixtures `taxi` and `exported`: tests/unit/conftest.py."""
 import numpy as np
 import tensorflow as tf
 
-from tests.support import to_example
+from tests.support import run_transform, to_example
 from trainer.features import SHARED_VOCAB, missing_name, transformed_name
 from trainer.model import FeatureAssembler, ModelLayout
 
@@ -138,3 +138,19 @@ def test_fare_buckets_are_quantiles_of_the_raw_value_and_batch_independent(taxi)
     fares = np.array([float(r["fare"]) for r in rows])
     order = np.argsort(fares, kind="stable")
     assert np.all(np.diff(buckets[order]) >= 0)  # monotone in the fare
+
+
+def test_statistics_do_not_depend_on_the_order_beam_combines_rows_in(taxi, tmp_path):
+    """The same rows, analyzed in another order, z-score to the same float32 bits.
+
+    Beam combines partial statistics in no fixed order; a one-ulp difference in one
+    z-score is enough for the same span and seed to train another model.
+    """
+    config, rows, dtypes, tft_output = taxi
+    rng = np.random.default_rng(0)
+    shuffled = [rows[i] for i in rng.permutation(len(rows))]
+    reordered = run_transform(config, shuffled, dtypes, str(tmp_path / "shuffled"))
+    first, second = transform(tft_output, rows, dtypes), transform(reordered, rows, dtypes)
+    scaled = [transformed_name(c) for c in (*config.features.log_numeric, *config.features.numeric)]
+    for name in scaled:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
