@@ -28,44 +28,57 @@ def apply_target(
 
     `params[k]` has a leading axis over parameter sets (one per distinct context);
     `index` [B] says which set each example uses (None: set 0 for every example);
-    `max_contexts`, when known, bounds how many sets there can be.
+    `max_contexts` (<= PARTITION_LIMIT): there is one set per possible context.
     The function owns no variables, so every gradient flows to the generator.
     """
+    if index is not None and max_contexts is not None and max_contexts <= PARTITION_LIMIT:
+        return _partitioned_target(spec, x, params, index, max_contexts, return_logits)
     h = x
     for layer in range(spec.num_layers):
         kernel, bias = params[2 * layer], params[2 * layer + 1]
         if index is None:
             h = tf.matmul(h, kernel[0]) + bias[0]
         else:
-            h = _per_context_dense(h, kernel, bias, index, max_contexts)
+            h = _per_context_dense(h, kernel, bias, index)
         if layer < spec.num_layers - 1:
             h = _activation(spec.activation)(h)
     return h if return_logits else _activation(spec.head)(h)
 
 
-# Up to this many possible contexts, each context's examples go through their own matrix
-# product (one op per possible context, empty ones cost next to nothing).
+# Up to this many possible contexts, parameters are generated for every one of them and
+# each context's examples go through their own layers (empty parts cost next to nothing).
 PARTITION_LIMIT = 32
 
 
-def _per_context_dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, index: tf.Tensor,
-                       max_contexts: int | None = None) -> tf.Tensor:
+def _partitioned_target(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
+                        index: tf.Tensor, contexts: int, return_logits: bool) -> tf.Tensor:
+    """The batch split by context once; each part through its own context's MLP; rejoined.
+
+    `params[k]` has one row per possible context (`contexts` of them) and `index` [B] is
+    each example's context: the work is one plain MLP's, in a few ops per layer and
+    context (partitioning and rejoining once, not per layer).
+    """
+    parts = tf.dynamic_partition(x, index, contexts)
+    positions = tf.dynamic_partition(tf.range(tf.shape(x)[0]), index, contexts)
+    for layer in range(spec.num_layers):
+        kernels = tf.unstack(params[2 * layer], num=contexts)
+        biases = tf.unstack(params[2 * layer + 1], num=contexts)
+        parts = [tf.matmul(h, k) + b for h, k, b in zip(parts, kernels, biases)]
+        if layer < spec.num_layers - 1:
+            parts = [_activation(spec.activation)(h) for h in parts]
+    h = tf.dynamic_stitch(positions, parts)
+    return h if return_logits else _activation(spec.head)(h)
+
+
+def _per_context_dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
+                       index: tf.Tensor) -> tf.Tensor:
     """h [B, in] through kernel[index[b]] [U, in, out] and bias[index[b]], per example.
 
-    Few possible contexts (a categorical context, `max_contexts` <= PARTITION_LIMIT):
-    the batch is partitioned by context and each part multiplied by its own kernel, so
-    the work is one plain layer's. Otherwise, few distinct contexts in the batch
-    (U <= B / 8): one product against all U kernels side by side, each example keeping
-    its context's columns (U plain layers' work, as one GEMM). Many: gather one kernel
-    per example and multiply batch-wise (B small products).
+    Few distinct contexts in the batch (U <= B / 8): one product against all U kernels
+    side by side, each example keeping its context's columns (U plain layers' work, as
+    one GEMM). Many: gather one kernel per example and multiply batch-wise (B small
+    products).
     """
-    if max_contexts is not None and max_contexts <= PARTITION_LIMIT:
-        last = tf.shape(kernel)[0] - 1  # parts past the batch's U contexts are empty
-        parts = tf.dynamic_partition(h, index, max_contexts)
-        positions = tf.dynamic_partition(tf.range(tf.shape(h)[0]), index, max_contexts)
-        outs = [tf.matmul(part, kernel[tf.minimum(u, last)]) for u, part in enumerate(parts)]
-        return tf.dynamic_stitch(positions, outs) + tf.gather(bias, index)
-
     contexts, batch = tf.shape(kernel)[0], tf.shape(h)[0]
 
     def all_contexts() -> tf.Tensor:

@@ -2,8 +2,9 @@
 
 Inputs are a dict: "features" [B, input_dim] float32, plus one entry per context
 feature (categorical: integer ids in [0, vocab); numeric: floats), shaped [B] or
-[B, 1]. The generator runs once per *distinct* context row of the batch; each
-example then uses its context's parameters. `materialize()` turns the parameters
+[B, 1]. The generator runs once per possible context when there are few, else once
+per *distinct* context row of the batch; each example then uses its context's
+parameters. `materialize()` turns the parameters
 of one context into an ordinary Keras model with identical outputs.
 """
 
@@ -14,7 +15,12 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from trainer.functional_target import apply_target, build_target_model, split_params
+from trainer.functional_target import (
+    PARTITION_LIMIT,
+    apply_target,
+    build_target_model,
+    split_params,
+)
 from trainer.generator import ContextEncoder, ContextSpec, GeneratorConfig, WeightGenerator
 from trainer.keras_env import GraphModel, require_legacy_keras
 from trainer.target_spec import TargetSpec
@@ -53,12 +59,29 @@ class HyperNetwork(GraphModel):
         cols = [tf.reshape(tf.cast(inputs[n], tf.float32), [-1]) for n in self.context.names]
         return tf.stack(cols, axis=1)
 
+    @property
+    def enumerates_contexts(self) -> bool:
+        """Few possible contexts (categorical, <= PARTITION_LIMIT): generate for all of them.
+
+        Then a context's id is its row, with no de-duplication of the batch, and the
+        target runs partitioned by context (trainer/functional_target.py).
+        """
+        bound = self.context.max_distinct
+        return bound is not None and not self.context.is_static and bound <= PARTITION_LIMIT
+
     def generate_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        """(flat parameters [U, num_params] for the U distinct contexts, index [B] into them)."""
+        """(flat parameters [U, num_params], index [B] into them): U is every possible
+        context when they are few, else the batch's distinct contexts."""
         rows = self.context_rows(inputs)
         if rows is None:
             batch = tf.shape(inputs[FEATURES])[0]
             return self.generator(self.encoder(None)), tf.zeros([batch], tf.int32)
+        if self.enumerates_contexts:
+            sizes = [int(self.context.categorical[n]) for n in self.context.names]
+            every = np.indices(sizes).reshape(len(sizes), -1).T  # row-major: id = flat index
+            strides = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.float32)
+            index = tf.cast(tf.linalg.matvec(rows, tf.constant(strides)), tf.int32)
+            return self.generator(self.encoder(tf.constant(every, tf.float32))), index
         unique, index = tf.raw_ops.UniqueV2(x=rows, axis=tf.constant([0], tf.int64),
                                             out_idx=tf.int32)
         return self.generator(self.encoder(unique)), index
@@ -67,7 +90,8 @@ class HyperNetwork(GraphModel):
         flat, index = self.generate_for_batch(inputs)
         x = tf.cast(inputs[FEATURES], tf.float32)
         return apply_target(self.target, x, split_params(self.target, flat), index, return_logits,
-                            max_contexts=self.context.max_distinct)
+                            max_contexts=self.context.max_distinct if self.enumerates_contexts
+                            else None)
 
     # -- one context at a time ----------------------------------------------
     def generated_weights(self, context: Mapping[str, float] | None = None) -> list[np.ndarray]:
@@ -81,8 +105,8 @@ class HyperNetwork(GraphModel):
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}")
         inputs = {n: tf.constant([context[n]]) for n in self.context.names}
         inputs[FEATURES] = tf.zeros([1, self.target.input_dim])
-        flat, _ = self.generate_for_batch(inputs)
-        return [t[0].numpy() for t in split_params(self.target, flat)]
+        flat, index = self.generate_for_batch(inputs)
+        return [t[int(index[0])].numpy() for t in split_params(self.target, flat)]
 
     def materialize(self, context: Mapping[str, float] | None = None,
                     name: str = "target_network") -> tf.keras.Model:

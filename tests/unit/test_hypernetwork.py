@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.functional_target import split_params, target_preactivations
+from trainer.functional_target import apply_target, split_params, target_preactivations
 from trainer.generator import ContextSpec, GeneratorConfig
 from trainer.hypernetwork import FEATURES, HyperNetwork
 from trainer.target_spec import TargetSpec
@@ -443,23 +443,40 @@ def test_hypernetwork_beats_plain_mlp_on_per_domain_rules():
     assert all(h - p >= MIN_MARGIN for h, p, _, _ in results), detail
 
 
-@pytest.mark.parametrize("batch, contexts", [(64, 3), (5, 4)])
-def test_partitioned_per_context_dense_matches_the_general_path(batch, contexts):
-    """A bounded categorical context takes the partitioned path: same outputs and gradients."""
-    from trainer.functional_target import _per_context_dense
-
+@pytest.mark.parametrize("batch, contexts", [(64, 3), (5, 7)])
+def test_partitioned_target_matches_the_general_path(batch, contexts):
+    """Few possible contexts take the partitioned path: same outputs and gradients."""
+    spec = TargetSpec(6, (5, 4), 3, head="softmax")
     rng = np.random.default_rng(0)
-    h = tf.constant(rng.normal(size=(batch, 6)), tf.float32)
-    kernel = tf.Variable(rng.normal(size=(contexts, 6, 3)).astype(np.float32))
-    bias = tf.Variable(rng.normal(size=(contexts, 3)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(batch, 6)), tf.float32)
+    params = [tf.Variable(rng.normal(size=(contexts, *p.shape)).astype(np.float32))
+              for p in spec.params()]
     index = tf.constant(rng.integers(0, contexts - 1, size=batch), tf.int32)  # one unused
     results = []
-    for bound in (7, None):  # 7 possible contexts, 3 of them in the batch / the general path
+    for bound in (contexts, None):  # partitioned / the general path
         with tf.GradientTape() as tape:
-            out = _per_context_dense(h, kernel, bias, index, max_contexts=bound)
-            loss = tf.reduce_sum(out * out)
+            out = apply_target(spec, x, params, index, max_contexts=bound)
+            loss = tf.reduce_sum(out * tf.range(3, dtype=tf.float32))
         results.append([out.numpy(), *[tf.convert_to_tensor(g).numpy()
-                                         for g in tape.gradient(loss, [kernel, bias])]])
+                                         for g in tape.gradient(loss, params)]])
     for partitioned, general in zip(*results):
         np.testing.assert_allclose(partitioned, general, rtol=1e-5, atol=1e-5)
     assert results[0][0].shape == (batch, 3)
+    assert np.all(results[0][1][contexts - 1] == 0)  # the unused context's kernel: no gradient
+
+
+def test_few_possible_contexts_are_all_generated_and_indexed_by_id():
+    spec = TargetSpec(3, (4,), 1)
+    tf.keras.utils.set_random_seed(0)
+    model = HyperNetwork(spec, ContextSpec(categorical={"a": 3, "b": 4}))
+    assert model.enumerates_contexts
+    a, b = np.array([2, 0, 2, 1]), np.array([3, 0, 1, 3])
+    flat, index = model.generate_for_batch(
+        {FEATURES: tf.zeros([4, 3]), "a": tf.constant(a), "b": tf.constant(b)})
+    assert flat.shape == (12, spec.num_params)
+    np.testing.assert_array_equal(index.numpy(), a * 4 + b)
+    for i in range(4):
+        expected = model.generated_weights({"a": int(a[i]), "b": int(b[i])})
+        got = [t[int(index[i])].numpy() for t in split_params(spec, flat)]
+        for e, g in zip(expected, got):
+            np.testing.assert_array_equal(g, e)
