@@ -183,7 +183,10 @@ def _scaled(columns: Mapping[str, tuple[tf.Tensor, tf.Tensor]]) -> dict[str, tf.
     with_gaps = tf.where(present, values, tf.constant(float("nan"), tf.float64))
     mean = tf.cast(tft.mean(with_gaps, reduce_instance_dims=False), tf.float32)
     std = tf.cast(tf.sqrt(tft.var(with_gaps, reduce_instance_dims=False)), tf.float32)
-    z = (tf.cast(values, tf.float32) - mean) / tf.where(std > 0, std, tf.ones_like(std))
+    # A column with no value in the span: NaN statistics (0 / 0); serve it unscaled.
+    mean = tf.where(tf.math.is_finite(mean), mean, tf.zeros_like(mean))
+    std = tf.where(tf.math.is_finite(std) & (std > 0), std, tf.ones_like(std))
+    z = (tf.cast(values, tf.float32) - mean) / std
     z = tf.where(present, z, 0.0)
     outputs = dict(zip(map(transformed_name, names), tf.unstack(z, axis=1)))
     outputs.update(zip(map(missing_name, names),

@@ -154,3 +154,21 @@ def test_statistics_do_not_depend_on_the_order_beam_combines_rows_in(taxi, tmp_p
     scaled = [transformed_name(c) for c in (*config.features.log_numeric, *config.features.numeric)]
     for name in scaled:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_columns_missing_from_most_or_all_rows_still_get_finite_z_scores(taxi, tmp_path):
+    """Rows without the column come first, so Beam merges batches that have none of it
+    (TFT's merge yields NaN for a 0 + 0 count); a column absent from the whole span
+    scores its served values as 0 + value, never NaN."""
+    config, rows, dtypes, _ = taxi
+    sparse = [dict(r, dropoff_latitude="", pickup_latitude="") for r in rows[:300]]
+    sparse += [dict(r, pickup_latitude="") for r in rows[300:]]
+    tft_output = run_transform(config, sparse, dtypes, str(tmp_path / "sparse"))
+    out = transform(tft_output, rows[300:], dtypes)
+    z = out[transformed_name("dropoff_latitude")]
+    present = np.array([r["dropoff_latitude"] != "" for r in rows[300:]])
+    assert np.all(np.isfinite(z))
+    assert abs(z[present].mean()) < 1e-3 and abs(z[present].std() - 1) < 1e-2
+    never_seen = out[transformed_name("pickup_latitude")]
+    served = np.array([float(r["pickup_latitude"] or 0) for r in rows[300:]], np.float32)
+    np.testing.assert_array_equal(never_seen, served)
