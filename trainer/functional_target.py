@@ -22,17 +22,18 @@ def apply_target(
     params: Sequence[tf.Tensor],
     index: tf.Tensor | None = None,
     return_logits: bool = False,
-    max_contexts: int | None = None,
+    contexts: int | None = None,
 ) -> tf.Tensor:
     """Run the target MLP on x [B, input_dim] with generated parameters.
 
     `params[k]` has a leading axis over parameter sets (one per distinct context);
     `index` [B] says which set each example uses (None: set 0 for every example);
-    `max_contexts` (<= PARTITION_LIMIT): there is one set per possible context.
+    `contexts`: there is one set per possible context, `contexts` of them, and `index` is
+    each example's context id; the batch is then partitioned by context once.
     The function owns no variables, so every gradient flows to the generator.
     """
-    if index is not None and max_contexts is not None and max_contexts <= PARTITION_LIMIT:
-        return _partitioned_target(spec, x, params, index, max_contexts, return_logits)
+    if index is not None and contexts is not None:
+        return _partitioned_target(spec, x, params, index, contexts, return_logits)
     h = x
     for layer in range(spec.num_layers):
         kernel, bias = params[2 * layer], params[2 * layer + 1]
@@ -43,11 +44,6 @@ def apply_target(
         if layer < spec.num_layers - 1:
             h = _activation(spec.activation)(h)
     return h if return_logits else _activation(spec.head)(h)
-
-
-# Up to this many possible contexts, parameters are generated for every one of them and
-# each context's examples go through their own layers (empty parts cost next to nothing).
-PARTITION_LIMIT = 32
 
 
 def _partitioned_target(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],

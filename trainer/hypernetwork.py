@@ -15,17 +15,15 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from trainer.functional_target import (
-    PARTITION_LIMIT,
-    apply_target,
-    build_target_model,
-    split_params,
-)
+from trainer.functional_target import apply_target, build_target_model, split_params
 from trainer.generator import ContextEncoder, ContextSpec, GeneratorConfig, WeightGenerator
 from trainer.keras_env import GraphModel, require_legacy_keras
 from trainer.target_spec import TargetSpec
 
 FEATURES = "features"
+# Up to this many possible contexts, parameters are generated for every one of them and
+# each context's examples go through their own layers (empty parts cost next to nothing).
+PARTITION_LIMIT = 32
 
 
 class HyperNetwork(GraphModel):
@@ -90,7 +88,7 @@ class HyperNetwork(GraphModel):
         flat, index = self.generate_for_batch(inputs)
         x = tf.cast(inputs[FEATURES], tf.float32)
         return apply_target(self.target, x, split_params(self.target, flat), index, return_logits,
-                            max_contexts=self.context.max_distinct if self.enumerates_contexts
+                            contexts=self.context.max_distinct if self.enumerates_contexts
                             else None)
 
     # -- one context at a time ----------------------------------------------

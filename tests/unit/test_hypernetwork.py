@@ -455,7 +455,7 @@ def test_partitioned_target_matches_the_general_path(batch, contexts):
     results = []
     for bound in (contexts, None):  # partitioned / the general path
         with tf.GradientTape() as tape:
-            out = apply_target(spec, x, params, index, max_contexts=bound)
+            out = apply_target(spec, x, params, index, contexts=bound)
             loss = tf.reduce_sum(out * tf.range(3, dtype=tf.float32))
         results.append([out.numpy(), *[tf.convert_to_tensor(g).numpy()
                                          for g in tape.gradient(loss, params)]])
