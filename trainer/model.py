@@ -19,11 +19,12 @@ from trainer.features import (
     transformed_name,
     vocab_filename,
 )
-from trainer.generator import ContextSpec, GeneratorConfig
-from trainer.hypernetwork import FEATURES, HyperNetwork
-from trainer.keras_env import GraphModel, require_legacy_keras
+from trainer.hypernet.context import ContextSpec
+from trainer.hypernet.generator import GeneratorConfig
+from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.keras_env import GraphModel, require_legacy_keras
+from trainer.hypernet.target_spec import TargetSpec
 from trainer.preprocessing import LABEL_VOCAB
-from trainer.target_spec import TargetSpec
 
 HEAD = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
 

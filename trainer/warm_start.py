@@ -50,7 +50,7 @@ def trainable_variables_under(root: Any) -> list[tf.Variable]:
     """Every trainable variable reachable from a restored object, each once.
 
     A restored Keras layer has no `trainable_variables` unless it was saved with Keras's
-    traces (trainer/keras_env.without_keras_traces); walking the object graph reads both.
+    traces (trainer/hypernet/keras_env.without_keras_traces); walking the object graph reads both.
     """
     found, stack, seen = [], [root], {id(root)}
     while stack:

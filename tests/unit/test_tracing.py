@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.autograph.impl import api as autograph_api
 
-from trainer.generator import ContextSpec
-from trainer.hypernetwork import FEATURES, HyperNetwork
-from trainer.keras_env import without_autograph, without_keras_traces
-from trainer.target_spec import TargetSpec
+from trainer.hypernet.context import ContextSpec
+from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.keras_env import without_autograph, without_keras_traces
+from trainer.hypernet.target_spec import TargetSpec
 from trainer.warm_start import trainable_variables_under
 
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.generator import ContextSpec, GeneratorConfig
-from trainer.hypernetwork import FEATURES, HyperNetwork
-from trainer.target_spec import TargetSpec
+from trainer.hypernet.context import ContextSpec
+from trainer.hypernet.generator import GeneratorConfig
+from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.target_spec import TargetSpec
 from trainer.warm_start import warm_start
 
 SPEC = TargetSpec.from_layers([6, 8, 1])

@@ -1,11 +1,15 @@
 """The composite model: (context, features) -> prediction, with generated target weights.
 
+Why one place for this: it alone decides how many parameter sets to generate for a
+batch and which `functional_target.apply_*` runs the target on them, so the
+generator kinds and the target functions never need to know about batches.
+
 Inputs are a dict: "features" [B, input_dim] float32, plus one entry per context
 feature (categorical: integer ids in [0, vocab); numeric: floats), shaped [B] or
 [B, 1]. The generator runs once per possible context when there are few, else once
 per *distinct* context row of the batch; each example then uses its context's
-parameters. `materialize()` turns the parameters
-of one context into an ordinary Keras model with identical outputs.
+parameters. `materialize()` turns the parameters of one context into an ordinary
+Keras model with identical outputs (trainer/hypernet/materialize.py).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from trainer.functional_target import apply_target, build_target_model, split_params
-from trainer.generator import ContextEncoder, ContextSpec, GeneratorConfig, WeightGenerator
-from trainer.keras_env import GraphModel, require_legacy_keras
-from trainer.target_spec import TargetSpec
+from trainer.hypernet.context import ContextEncoder, ContextSpec
+from trainer.hypernet.functional_target import apply_indexed, apply_partitioned, split_params
+from trainer.hypernet.generator import GeneratorConfig, make_generator
+from trainer.hypernet.keras_env import GraphModel, require_legacy_keras
+from trainer.hypernet.target_spec import TargetSpec
 
 FEATURES = "features"
 # Up to this many possible contexts, parameters are generated for every one of them and
@@ -42,7 +47,8 @@ class HyperNetwork(GraphModel):
         self.context = context
         self.generator_config = generator or GeneratorConfig()
         self.encoder = ContextEncoder(context, name="context_encoder")
-        self.generator = WeightGenerator(target, self.generator_config, name="weight_generator")
+        self.generator = make_generator(self.generator_config.kind, target,
+                                        self.generator_config, name="weight_generator")
 
     # -- context handling -------------------------------------------------
     def context_rows(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
@@ -62,7 +68,7 @@ class HyperNetwork(GraphModel):
         """Few possible contexts (categorical, <= PARTITION_LIMIT): generate for all of them.
 
         Then a context's id is its row, with no de-duplication of the batch, and the
-        target runs partitioned by context (trainer/functional_target.py).
+        target runs partitioned by context (`functional_target.apply_partitioned`).
         """
         bound = self.context.max_distinct
         return bound is not None and not self.context.is_static and bound <= PARTITION_LIMIT
@@ -87,28 +93,24 @@ class HyperNetwork(GraphModel):
     def call(self, inputs: Mapping[str, tf.Tensor], return_logits: bool = False) -> tf.Tensor:
         flat, index = self.generate_for_batch(inputs)
         x = tf.cast(inputs[FEATURES], tf.float32)
-        return apply_target(self.target, x, split_params(self.target, flat), index, return_logits,
-                            contexts=self.context.max_distinct if self.enumerates_contexts
-                            else None)
+        params = split_params(self.target, flat)
+        if self.enumerates_contexts:
+            return apply_partitioned(self.target, x, params, index, self.context.max_distinct,
+                                     return_logits)
+        # Distinct contexts of the batch; a static hypernetwork too (one set, index all 0):
+        # apply_shared would compute the same, but not with the same ops, bit for bit.
+        return apply_indexed(self.target, x, params, index, return_logits)
 
-    # -- one context at a time ----------------------------------------------
+    # -- one context at a time (trainer/hypernet/materialize.py) ------------
     def generated_weights(self, context: Mapping[str, float] | None = None) -> list[np.ndarray]:
         """The target's parameter tensors for one context, in `get_weights()` order."""
-        context = dict(context or {})
-        unknown = set(context) - set(self.context.names)
-        missing = set(self.context.names) - set(context)
-        if unknown or missing:
-            raise ValueError(
-                f"context must give exactly {list(self.context.names)}; "
-                f"missing {sorted(missing)}, unknown {sorted(unknown)}")
-        inputs = {n: tf.constant([context[n]]) for n in self.context.names}
-        inputs[FEATURES] = tf.zeros([1, self.target.input_dim])
-        flat, index = self.generate_for_batch(inputs)
-        return [t[int(index[0])].numpy() for t in split_params(self.target, flat)]
+        from trainer.hypernet.materialize import generated_weights
+
+        return generated_weights(self, context)
 
     def materialize(self, context: Mapping[str, float] | None = None,
                     name: str = "target_network") -> tf.keras.Model:
         """An ordinary Keras target model with this context's generated weights set."""
-        model = build_target_model(self.target, name=name)
-        model.set_weights(self.generated_weights(context))
-        return model
+        from trainer.hypernet.materialize import materialize
+
+        return materialize(self, context, name)

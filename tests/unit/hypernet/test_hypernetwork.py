@@ -1,110 +1,19 @@
-"""HyperNetwork: materialised targets, gradients, de-duplication, saving, init and learning."""
+"""HyperNetwork, the composite: variables and gradients, de-duplication, the choice of
+target function, saving and learning."""
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.functional_target import apply_target, split_params, target_preactivations
-from trainer.generator import ContextSpec, GeneratorConfig
-from trainer.hypernetwork import FEATURES, HyperNetwork
-from trainer.target_spec import TargetSpec
-
-# -- helpers -------------------------------------------------------------------
-
-CONTEXTS = {
-    "categorical": ContextSpec(categorical={"cat": 5}),
-    "numeric": ContextSpec(numeric=["num"]),
-    "mixed": ContextSpec(categorical={"cat": 5}, numeric=["num"]),
-    "static": ContextSpec(),
-}
-# head -> (output_dim, hidden activation): one activation per head covers three of them.
-HEADS = {"sigmoid": (1, "relu"), "softmax": (3, "tanh"), "linear": (2, "gelu")}
-CAT_IDS = [0, 1, 2, 3, 4, 2, 0, 4, 1, 3, 3, 0]
-NUM_VALUES = [-2.0, 0.7, 1.5, -0.3, 0.7, 3.0, -2.0, 1.5, 0.25, -0.3, 3.0, 0.7]
-
-
-def _batch(context: ContextSpec, input_dim: int, seed: int = 0) -> dict[str, tf.Tensor]:
-    """12 examples spread over several contexts (every categorical id appears)."""
-    rng = np.random.default_rng(seed)
-    inputs = {FEATURES: tf.constant(rng.normal(size=(len(CAT_IDS), input_dim)), tf.float32)}
-    if "cat" in context.names:
-        inputs["cat"] = tf.constant(CAT_IDS, tf.int64)
-    if "num" in context.names:
-        inputs["num"] = tf.constant(NUM_VALUES, tf.float32)
-    return inputs
-
-
-def _example_context(inputs: dict[str, tf.Tensor], context: ContextSpec, i: int) -> dict:
-    out = {}
-    for name in context.names:
-        value = inputs[name].numpy()[i]
-        out[name] = int(value) if name in context.categorical else float(value)
-    return out
-
-
-def _perturb(model: tf.keras.Model, seed: int, scale: float = 0.3) -> None:
-    """Move every generator variable off its init, as training would.
-
-    At init every trunk bias is zero, so a scalar numeric context v > 0 gives the
-    same LayerNorm-ed trunk output for every v; perturbing makes contexts differ.
-    """
-    rng = np.random.default_rng(seed)
-    for v in model.trainable_variables:
-        v.assign_add(scale * rng.normal(size=v.shape).astype(np.float32))
-
-
-def _build(context_kind: str, head: str, chunk_size: int, seed: int = 0) -> HyperNetwork:
-    output_dim, activation = HEADS[head]
-    spec = TargetSpec(5, (6, 4), output_dim, activation=activation, head=head)
-    tf.keras.utils.set_random_seed(seed)
-    model = HyperNetwork(spec, CONTEXTS[context_kind], GeneratorConfig(
-        trunk_units=(16,), chunk_size=chunk_size, chunk_embedding_dim=4))
-    model(_batch(model.context, spec.input_dim))  # build
-    _perturb(model, seed)
-    return model
-
-
-# -- materialise ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("chunk_size", [0, 7], ids=["dense-head", "chunked"])
-@pytest.mark.parametrize("context_kind", list(CONTEXTS))
-@pytest.mark.parametrize("head", list(HEADS))
-def test_materialized_target_matches_composite(head, context_kind, chunk_size):
-    model = _build(context_kind, head, chunk_size)
-    context = model.context
-    inputs = _batch(context, model.target.input_dim, seed=1)
-    composite = model(inputs).numpy()
-    assert composite.shape == (len(CAT_IDS), model.target.output_dim)
-
-    materialized, per_context = {}, {}
-    for i in range(len(CAT_IDS)):
-        ctx = _example_context(inputs, context, i)
-        key = tuple(sorted(ctx.items()))
-        if key not in materialized:
-            materialized[key] = model.materialize(ctx or None)
-        target = materialized[key]
-        expected = target(inputs[FEATURES][i: i + 1]).numpy()
-        np.testing.assert_allclose(composite[i: i + 1], expected, rtol=0, atol=1e-5,
-                                   err_msg=f"example {i}, context {ctx}")
-        per_context[key] = target(inputs[FEATURES][:1]).numpy()
-
-    if context.is_static:
-        assert len(materialized) == 1
-    else:
-        # Several contexts in the batch, and they really are different functions.
-        assert len(materialized) >= 4
-        outs = list(per_context.values())
-        assert any(np.abs(a - outs[0]).max() > 1e-4 for a in outs[1:])
-    # The materialised model is an ordinary Keras model with the spec's weights.
-    target = next(iter(materialized.values()))
-    assert [w.shape for w in target.get_weights()] == model.target.shapes()
-    assert target.count_params() == model.target.num_params
-
+from tests.unit.hypernet.support import CAT_IDS, batch, build
+from trainer.hypernet import hypernetwork as hypernetwork_module
+from trainer.hypernet.context import ContextSpec
+from trainer.hypernet.functional_target import split_params
+from trainer.hypernet.generator import FullGenerator, GeneratorConfig
+from trainer.hypernet.hypernetwork import FEATURES, PARTITION_LIMIT, HyperNetwork
+from trainer.hypernet.target_spec import TargetSpec
 
 # -- gradients ------------------------------------------------------------------
 
@@ -112,7 +21,7 @@ def test_materialized_target_matches_composite(head, context_kind, chunk_size):
 @pytest.mark.parametrize("chunk_size", [0, 7], ids=["dense-head", "chunked"])
 @pytest.mark.parametrize("context_kind", ["mixed", "static"])
 def test_only_generator_variables_and_all_get_gradients(context_kind, chunk_size):
-    model = _build(context_kind, "sigmoid", chunk_size, seed=3)
+    model = build(context_kind, "sigmoid", chunk_size, seed=3)
     owned = {v.ref() for v in model.encoder.trainable_variables}
     owned |= {v.ref() for v in model.generator.trainable_variables}
     variables = model.trainable_variables
@@ -134,7 +43,7 @@ def test_only_generator_variables_and_all_get_gradients(context_kind, chunk_size
     else:
         assert any("embed_cat" in n for n in names)
 
-    inputs = _batch(model.context, model.target.input_dim, seed=4)
+    inputs = batch(model.context, model.target.input_dim, seed=4)
     labels = tf.constant(np.random.default_rng(5).integers(0, 2, (len(CAT_IDS), 1)), tf.float32)
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(labels, model(inputs)))
@@ -208,7 +117,7 @@ def test_missing_context_feature_names_it():
 
 @pytest.mark.parametrize("chunk_size", [0, 7], ids=["dense-head", "chunked"])
 def test_saved_model_round_trip(tmp_path, chunk_size):
-    model = _build("mixed", "softmax", chunk_size, seed=7)
+    model = build("mixed", "softmax", chunk_size, seed=7)
     input_dim = model.target.input_dim
 
     class Serving(tf.Module):
@@ -224,7 +133,7 @@ def test_saved_model_round_trip(tmp_path, chunk_size):
         def __call__(self, inputs):
             return self.net(inputs)
 
-    inputs = _batch(model.context, input_dim, seed=8)
+    inputs = batch(model.context, input_dim, seed=8)
     before = model(inputs).numpy()
     path = str(tmp_path / "hypernet")
     tf.saved_model.save(Serving(model), path)
@@ -235,108 +144,29 @@ def test_saved_model_round_trip(tmp_path, chunk_size):
     other = {k: v[3:9] for k, v in inputs.items()}
     np.testing.assert_allclose(loaded(other).numpy(), model(other).numpy(), rtol=0, atol=1e-6)
 
-
-# -- hyperfan-in ------------------------------------------------------------------
-
-FAN_SPEC = TargetSpec.from_layers([64, 64, 64, 1], activation="relu", head="sigmoid")
-WIDE_SPEC = TargetSpec.from_layers([64, 64, 64, 64], activation="relu", head="linear")
-N_CONTEXTS, N_INPUTS, HE_INITS = 1000, 256, 50
+# -- choice of target function ----------------------------------------------------
 
 
-def _unit_inputs(spec: TargetSpec) -> tf.Tensor:
-    return tf.random.stateless_normal([N_INPUTS, spec.input_dim], seed=[1, 2])
-
-
-def _pooled_variance(moments: np.ndarray) -> np.ndarray:
-    """[draws, layers, 2] (mean, mean square) per draw -> variance over all draws pooled.
-
-    A draw is one random init (plain MLP) or one context (hypernetwork): the variance is
-    taken over inputs *and* draws, as in He's derivation, so a bias that is constant
-    within one draw but random across draws counts as it does in expectation.
-    """
-    mean, square = moments[..., 0].mean(axis=0), moments[..., 1].mean(axis=0)
-    return square - mean**2
-
-
-def _moments(z: tf.Tensor) -> tf.Tensor:
-    return tf.stack([tf.reduce_mean(z), tf.reduce_mean(tf.square(z))])
-
-
-@functools.cache
-def _he_variances(spec: TargetSpec) -> np.ndarray:
-    """Per-layer pre-activation variance of He-initialised MLPs, pooled over inits."""
-    x = _unit_inputs(spec)
-    out = []
-    for seed in range(HE_INITS):
-        tf.keras.utils.set_random_seed(1000 + seed)
-        h, row = x, []
-        for units in spec.layer_widths[1:]:
-            z = tf.keras.layers.Dense(units, kernel_initializer="he_normal",
-                                      bias_initializer="zeros")(h)
-            row.append(_moments(z).numpy())
-            h = tf.nn.relu(z)
-        out.append(row)
-    return _pooled_variance(np.array(out))
-
-
-@functools.cache
-def _hyper_variances(spec: TargetSpec, config: GeneratorConfig, seed: int = 0) -> np.ndarray:
-    """Per-layer pre-activation variance of the generated targets, pooled over 1,000 contexts."""
-    tf.keras.utils.set_random_seed(seed)
-    model = HyperNetwork(spec, ContextSpec(categorical={"ctx": N_CONTEXTS}), config)
-    flat, index = model.generate_for_batch({
-        FEATURES: tf.zeros([N_CONTEXTS, spec.input_dim]),
-        "ctx": tf.range(N_CONTEXTS, dtype=tf.int64)})
-    assert flat.shape[0] == N_CONTEXTS
-    params = split_params(spec, flat)
-    x = _unit_inputs(spec)
-
-    def moments(one_context):  # this context's parameters, without the leading axis
-        zs = target_preactivations(spec, x, [p[None] for p in one_context])
-        return tf.stack([_moments(z) for z in zs])  # over all [batch, units]
-
-    per_context = tf.vectorized_map(moments, params)  # [contexts, layers, 2]
-    assert per_context.shape == (N_CONTEXTS, spec.num_layers, 2)
-    return _pooled_variance(per_context.numpy())
-
-
-def _ratios(spec: TargetSpec, config: GeneratorConfig) -> np.ndarray:
-    return _hyper_variances(spec, config) / _he_variances(spec)
-
-
-def test_hyperfan_in_matches_he_variance_in_every_layer():
-    """Generated 64->64->64->1 targets: every layer's pre-activation variance within 20% of He.
-
-    Measured ratios hyper/He are printed on failure; see _pooled_variance for the measure.
-    """
-    ratios = _ratios(FAN_SPEC, GeneratorConfig())
-    assert np.all(np.abs(ratios - 1) <= 0.2), f"hyper/He variance ratios per layer: {ratios}"
-
-
-def test_hyperfan_in_matches_he_variance_in_every_layer_of_a_wide_target():
-    """The same for a 64-unit output layer (64->64->64->64)."""
-    ratios = _ratios(WIDE_SPEC, GeneratorConfig())
-    assert np.all(np.abs(ratios - 1) <= 0.2), f"hyper/He variance ratios per layer: {ratios}"
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "with chunking all chunks of one context share the head and their context input, so "
-    "the generated chunks are correlated (mean correlation ~0.3 at init) and the variance "
-    "grows with depth: measured ratios 0.92-1.16, 1.65-2.37, 3.25-4.1 on 64->64->64->64 "
-    "with chunk_size=256 (generator seeds 0-3)."))
-def test_hyperfan_in_with_chunking_matches_he():
-    ratios = _ratios(WIDE_SPEC, GeneratorConfig(chunk_size=256))
-    assert np.all(np.abs(ratios - 1) <= 0.2), f"hyper/He variance ratios per layer: {ratios}"
-
-
-def test_default_init_does_not_match_he_variance():
-    """Contrast: glorot_uniform head without the hyperfan-in scale misses by far more than 20%.
-
-    Measured (generator seeds 0-3): ratios 0.48-0.49, 0.23-0.25, 0.10-0.11 on 64->64->64->1.
-    """
-    ratios = _ratios(FAN_SPEC, GeneratorConfig(init="default"))
-    assert np.any(np.abs(ratios - 1) > 0.2), f"hyper/He variance ratios per layer: {ratios}"
-    assert np.abs(ratios[0] - 1) > 0.2  # already the first layer
+@pytest.mark.parametrize(("context", "enumerates"), [
+    (ContextSpec(categorical={"a": 4, "b": 8}), True),  # 32 possible contexts: all generated
+    (ContextSpec(categorical={"a": PARTITION_LIMIT + 1}), False),
+    (ContextSpec(categorical={"a": 3}, numeric=["n"]), False),  # unbounded
+    (ContextSpec(), False),  # static: one set, every example indexes it
+])
+def test_call_chooses_partitioned_only_when_contexts_are_enumerated(monkeypatch, context,
+                                                                    enumerates):
+    calls = []
+    for name in ("apply_partitioned", "apply_indexed"):
+        real = getattr(hypernetwork_module, name)
+        monkeypatch.setattr(hypernetwork_module, name,
+                            lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
+    model = HyperNetwork(TargetSpec(3, (4,), 1), context)
+    assert model.enumerates_contexts == enumerates
+    assert isinstance(model.generator, FullGenerator)
+    inputs = {FEATURES: tf.zeros([6, 3])}
+    inputs.update({n: tf.constant([1, 0, 1, 2, 0, 1]) for n in context.names})
+    assert tuple(model(inputs).shape) == (6, 1)
+    assert calls == ["apply_partitioned" if enumerates else "apply_indexed"]
 
 
 # -- learning -------------------------------------------------------------------
@@ -441,28 +271,6 @@ def test_hypernetwork_beats_plain_mlp_on_per_domain_rules():
               for s, (h, p, nh, np_) in zip(LEARNING_SEEDS, results)]
     print("\n".join(detail))
     assert all(h - p >= MIN_MARGIN for h, p, _, _ in results), detail
-
-
-@pytest.mark.parametrize("batch, contexts", [(64, 3), (5, 7)])
-def test_partitioned_target_matches_the_general_path(batch, contexts):
-    """Few possible contexts take the partitioned path: same outputs and gradients."""
-    spec = TargetSpec(6, (5, 4), 3, head="softmax")
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(batch, 6)), tf.float32)
-    params = [tf.Variable(rng.normal(size=(contexts, *p.shape)).astype(np.float32))
-              for p in spec.params()]
-    index = tf.constant(rng.integers(0, contexts - 1, size=batch), tf.int32)  # one unused
-    results = []
-    for bound in (contexts, None):  # partitioned / the general path
-        with tf.GradientTape() as tape:
-            out = apply_target(spec, x, params, index, contexts=bound)
-            loss = tf.reduce_sum(out * tf.range(3, dtype=tf.float32))
-        results.append([out.numpy(), *[tf.convert_to_tensor(g).numpy()
-                                         for g in tape.gradient(loss, params)]])
-    for partitioned, general in zip(*results):
-        np.testing.assert_allclose(partitioned, general, rtol=1e-5, atol=1e-5)
-    assert results[0][0].shape == (batch, 3)
-    assert np.all(results[0][1][contexts - 1] == 0)  # the unused context's kernel: no gradient
 
 
 def test_few_possible_contexts_are_all_generated_and_indexed_by_id():

@@ -1,12 +1,24 @@
-"""The target network as a function of (inputs, generated parameters), and as a plain Keras model."""
+"""The target MLP as a function of (inputs, generated parameters), owning no variables.
+
+Why: every gradient must flow through the generated parameters to the generator, so
+the target cannot be a Keras model with weights of its own. There are three ways to
+run it, each a named function, and the caller (the composite model) picks one:
+
+- `apply_shared`: one parameter set for every example.
+- `apply_indexed`: U parameter sets, an index [B] picks each example's.
+- `apply_partitioned`: one set per possible context; the batch is split by context once.
+
+All three take `params` as `split_params` gives them: one tensor per parameter of the
+target, in `get_weights()` order, each with a leading axis over parameter sets.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from trainer.target_spec import TargetSpec
+from trainer.hypernet.target_spec import TargetSpec
 
 
 def split_params(spec: TargetSpec, flat: tf.Tensor) -> list[tf.Tensor]:
@@ -16,38 +28,34 @@ def split_params(spec: TargetSpec, flat: tf.Tensor) -> list[tf.Tensor]:
     return [tf.reshape(t, [-1, *p.shape]) for t, p in zip(pieces, spec.params())]
 
 
-def apply_target(
-    spec: TargetSpec,
-    x: tf.Tensor,
-    params: Sequence[tf.Tensor],
-    index: tf.Tensor | None = None,
-    return_logits: bool = False,
-    contexts: int | None = None,
-) -> tf.Tensor:
-    """Run the target MLP on x [B, input_dim] with generated parameters.
-
-    `params[k]` has a leading axis over parameter sets (one per distinct context);
-    `index` [B] says which set each example uses (None: set 0 for every example);
-    `contexts`: there is one set per possible context, `contexts` of them, and `index` is
-    each example's context id; the batch is then partitioned by context once.
-    The function owns no variables, so every gradient flows to the generator.
-    """
-    if index is not None and contexts is not None:
-        return _partitioned_target(spec, x, params, index, contexts, return_logits)
+def apply_shared(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
+                 return_logits: bool = False) -> tf.Tensor:
+    """x [B, input_dim] through one parameter set, set 0 of `params` (a [1, *shape] each)."""
     h = x
     for layer in range(spec.num_layers):
-        kernel, bias = params[2 * layer], params[2 * layer + 1]
-        if index is None:
-            h = tf.matmul(h, kernel[0]) + bias[0]
-        else:
-            h = _per_context_dense(h, kernel, bias, index)
+        h = tf.matmul(h, params[2 * layer][0]) + params[2 * layer + 1][0]
         if layer < spec.num_layers - 1:
             h = _activation(spec.activation)(h)
     return h if return_logits else _activation(spec.head)(h)
 
 
-def _partitioned_target(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
-                        index: tf.Tensor, contexts: int, return_logits: bool) -> tf.Tensor:
+def apply_indexed(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
+                  index: tf.Tensor, return_logits: bool = False) -> tf.Tensor:
+    """x [B, input_dim], example b through parameter set `index[b]` of U sets.
+
+    Each layer chooses at run time (see `_per_context_dense`) between one product
+    against all U kernels and one gathered kernel per example.
+    """
+    h = x
+    for layer in range(spec.num_layers):
+        h = _per_context_dense(h, params[2 * layer], params[2 * layer + 1], index)
+        if layer < spec.num_layers - 1:
+            h = _activation(spec.activation)(h)
+    return h if return_logits else _activation(spec.head)(h)
+
+
+def apply_partitioned(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
+                      index: tf.Tensor, contexts: int, return_logits: bool = False) -> tf.Tensor:
     """The batch split by context once; each part through its own context's MLP; rejoined.
 
     `params[k]` has one row per possible context (`contexts` of them) and `index` [B] is
@@ -99,25 +107,18 @@ def target_preactivations(
     return out
 
 
-def build_target_model(spec: TargetSpec, name: str = "target_network") -> tf.keras.Model:
-    """An ordinary Keras MLP of the target architecture (weights still to be set)."""
-    inputs = tf.keras.Input(shape=(spec.input_dim,), name="features")
-    h = inputs
-    for i, units in enumerate(spec.hidden_units):
-        h = tf.keras.layers.Dense(units, activation=spec.activation, name=f"dense_{i}")(h)
-    out = tf.keras.layers.Dense(
-        spec.output_dim, activation=spec.head, name=f"dense_{spec.num_layers - 1}")(h)
-    return tf.keras.Model(inputs, out, name=name)
+# Hidden activations (TargetSpec.activation) and output heads (TargetSpec.head) by name.
+_ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "relu": tf.nn.relu,
+    "elu": tf.nn.elu,
+    "gelu": tf.keras.activations.gelu,
+    "tanh": tf.tanh,
+    "swish": tf.nn.swish,
+    "linear": tf.identity,
+    "sigmoid": tf.sigmoid,
+    "softmax": tf.nn.softmax,
+}
 
 
-def _activation(name: str):
-    return {
-        "relu": tf.nn.relu,
-        "elu": tf.nn.elu,
-        "gelu": tf.keras.activations.gelu,
-        "tanh": tf.tanh,
-        "swish": tf.nn.swish,
-        "linear": tf.identity,
-        "sigmoid": tf.sigmoid,
-        "softmax": tf.nn.softmax,
-    }[name]
+def _activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    return _ACTIVATIONS[name]

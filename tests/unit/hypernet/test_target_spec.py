@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.target_spec import ParamSpec, TargetSpec
+from trainer.hypernet.target_spec import ParamSpec, TargetSpec
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,161 @@
+"""Generators: a conditioning vector in, the target's flat parameter vector out.
+
+Why a registry: the way conditioning becomes weights is the design choice most worth
+varying (one dense head, low-rank factors, shared weights plus a per-context
+deviation, ...). Every kind is a `ParameterGenerator` with one contract, so the
+composite model, materialization and export never depend on which kind is in use;
+`GeneratorConfig.kind` picks one from `GENERATOR_KINDS` and `make_generator` builds it.
+
+Kind "full" (`FullGenerator`) maps the conditioning to all `TargetSpec.num_params`
+parameters, either with one dense head or with chunks (Ha et al. 2016; von Oswald et
+al. 2020): a shared network emits fixed-size chunks, each selected by a learned chunk
+embedding, so the generator's size does not grow with the target's.
+
+Its initialisation is hyperfan-in (Chang, Flokas & Lipson, ICLR 2020): the trunk ends
+in a LayerNorm, so every conditioning row has mean square exactly 1; the head then
+emits unit-variance "standardised" parameters and a fixed per-parameter scale gives
+each generated kernel variance gain/(2*fan_in) and each bias gain/2. Kernel and bias
+heads split the He variance, so the generated target's pre-activations start with
+the variance a He-initialised MLP has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.hypernet.target_spec import TargetSpec
+
+INITS = ("hyperfan_in", "default")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Size and style of the generator."""
+
+    trunk_units: Sequence[int] = (64,)
+    chunk_size: int = 0  # 0: one dense head for all parameters
+    chunk_embedding_dim: int = 16
+    init: str = "hyperfan_in"
+    # L2 penalty on the head's kernel, through which the conditioning reaches the weights:
+    # it shrinks each context's generated weights toward shared ones (the head's bias).
+    head_l2: float = 0.0
+    kind: str = "full"  # a key of GENERATOR_KINDS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trunk_units", tuple(int(u) for u in self.trunk_units))
+        if any(u <= 0 for u in self.trunk_units):
+            raise ValueError(f"generator trunk_units must be positive, got {self.trunk_units}")
+        if self.chunk_size < 0:
+            raise ValueError(f"generator chunk_size must be >= 0, got {self.chunk_size}")
+        if self.init not in INITS:
+            raise ValueError(f"generator init {self.init!r} unknown; choose one of {INITS}")
+        if self.head_l2 < 0:
+            raise ValueError(f"generator head_l2 must be >= 0, got {self.head_l2}")
+        if self.kind not in GENERATOR_KINDS:
+            raise ValueError(f"generator kind {self.kind!r} unknown; "
+                             f"choose one of {sorted(GENERATOR_KINDS)}")
+
+
+class ParameterGenerator(tf.keras.layers.Layer):
+    """The contract of every generator kind: conditioning [U, d] -> flat params [U, num_params].
+
+    Row u of the output is the target's whole parameter vector for conditioning row u,
+    flattened in `TargetSpec.params()` order (`functional_target.split_params` cuts it).
+    A kind owns only its own variables; it is built as `Kind(spec, config, name=...)`.
+    Extension points for kinds to come: a regularisation term goes through Keras's own
+    losses (a kernel regularizer, or `self.add_loss` in `call`), which the composite
+    model's `losses` and `fit` already collect; a kind that needs more than the
+    conditioning (the context ids, say) widens `call` with a keyword argument.
+    """
+
+    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.config = config
+
+    def call(self, conditioning: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement call(conditioning)")
+
+    @property
+    def num_generator_params(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.trainable_variables))
+
+
+def hyperfan_in_scale(spec: TargetSpec) -> np.ndarray:
+    """Per-parameter standard deviation of the generated target, flattened in spec order."""
+    parts = []
+    for p in spec.params():
+        var = spec.gain / 2.0 if p.is_bias else spec.gain / (2.0 * p.fan_in)
+        parts.append(np.full(p.size, math.sqrt(var), dtype=np.float32))
+    return np.concatenate(parts)
+
+
+class FullGenerator(ParameterGenerator):
+    """Kind "full": a trunk, a LayerNorm and a head emitting every parameter (or chunk)."""
+
+    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs):
+        super().__init__(spec, config, **kwargs)
+        self.trunk = [
+            tf.keras.layers.Dense(u, activation="relu", name=f"trunk_{i}")
+            for i, u in enumerate(config.trunk_units)
+        ]
+        self.norm = tf.keras.layers.LayerNormalization(name="trunk_norm")
+        width = config.chunk_size or spec.num_params
+        if config.init == "hyperfan_in":
+            # Unit-variance output: the normalised trunk output has mean square 1.
+            head_init = _UnitOutputNormal()
+            self.scale = tf.constant(hyperfan_in_scale(spec))
+        else:
+            head_init = "glorot_uniform"
+            self.scale = None
+        self.head = tf.keras.layers.Dense(
+            width, kernel_initializer=head_init, name="head",
+            kernel_regularizer=tf.keras.regularizers.L2(config.head_l2) if config.head_l2 else None)
+        if config.chunk_size:
+            self.num_chunks = math.ceil(spec.num_params / config.chunk_size)
+            self.chunk_embeddings = self.add_weight(
+                name="chunk_embeddings", shape=(self.num_chunks, config.chunk_embedding_dim),
+                initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
+
+    def call(self, conditioning: tf.Tensor) -> tf.Tensor:
+        if self.config.chunk_size:
+            # Every (context, chunk) pair is one row through the shared network.
+            rows = tf.shape(conditioning)[0]
+            cond = tf.repeat(conditioning[:, None, :], self.num_chunks, axis=1)
+            chunks = tf.tile(self.chunk_embeddings[None], [rows, 1, 1])
+            h = tf.concat([cond, chunks], axis=-1)
+        else:
+            h = conditioning
+        for layer in self.trunk:
+            h = layer(h)
+        raw = self.head(self.norm(h))
+        if self.config.chunk_size:
+            raw = tf.reshape(raw, [-1, self.num_chunks * self.config.chunk_size])
+            raw = raw[:, : self.spec.num_params]
+        return raw * self.scale if self.scale is not None else raw
+
+
+class _UnitOutputNormal(tf.keras.initializers.Initializer):
+    """N(0, 1/fan_in): unit output variance for inputs of mean square 1."""
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        return tf.random.normal(shape, stddev=1.0 / math.sqrt(shape[0]), dtype=dtype or tf.float32)
+
+    def get_config(self):
+        return {}
+
+
+GENERATOR_KINDS: dict[str, type[ParameterGenerator]] = {"full": FullGenerator}
+
+
+def make_generator(kind: str, spec: TargetSpec, config: GeneratorConfig,
+                   name: str = "weight_generator") -> ParameterGenerator:
+    """A new generator of the registered `kind` for `spec`, configured by `config`."""
+    if kind not in GENERATOR_KINDS:
+        raise ValueError(f"unknown generator kind {kind!r}; known kinds: {sorted(GENERATOR_KINDS)}")
+    return GENERATOR_KINDS[kind](spec, config, name=name)
