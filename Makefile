@@ -20,14 +20,15 @@ HYPERNET_CONFIG ?= pipeline/taxi.yaml
 export HYPERNET_CONFIG
 TFX := $(VENV)/bin/tfx
 
-.PHONY: help venv run retrain split-spans test test-fast test-e2e lint bench image lock clean chromium
+.PHONY: help venv run retrain split-spans test test-fast test-e2e lint typecheck bench image lock clean chromium
 help:
 	@echo "make run        set up .venv, then run the pipeline on the taxi data through the TFX CLI"
 	@echo "make retrain    one scheduled retraining pass over the newest span"
 	@echo "make split-spans  split the taxi sample into time-ordered spans"
 	@echo "make test       set up .venv, then run every test (unit + e2e)"
-	@echo "make test-fast  unit tests only (seconds)"
+	@echo "make test-fast  unit tests only (about 1.5 minutes)"
 	@echo "make lint       ruff"
+	@echo "make typecheck  mypy over the config and the hypernetwork library"
 	@echo "make bench      every benchmark: bench/results/<date>.jsonl + a Markdown table"
 	@echo "make image      docker build -t $(IMAGE) . (the Kubeflow image; needs a Docker engine)"
 
@@ -38,6 +39,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$py"; $$py -m venv $(VENV); fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) pip setuptools wheel
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c $(LOCK) ISLP
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -78,6 +80,9 @@ chromium:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # Every benchmark; appends to bench/results/<date>.jsonl and prints a Markdown table.
 bench: $(STAMP)

@@ -8,6 +8,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAXI_CSV = os.path.join(ROOT, "data", "taxi", "data.csv")
+
 
 def cpu_info() -> dict:
     """CPU count (all and usable by this process) and model name, for every bench line."""

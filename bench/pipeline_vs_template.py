@@ -14,31 +14,29 @@ median seconds per component (from ML Metadata execution times) for each pipelin
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# isort: split
 
-import yaml  # noqa: E402
+import yaml
 
-from bench.machine import cpu_info  # noqa: E402
-from pipeline import configs  # noqa: E402
-from pipeline.eval_config import slice_metrics  # noqa: E402
+from bench.machine import ROOT, cpu_info
+from pipeline import configs
+from trainer.eval_results import slice_metrics
 
 TFX = os.path.join(os.path.dirname(sys.executable), "tfx")
 TEMPLATE_NAME = "taxi-template"

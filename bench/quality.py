@@ -19,46 +19,44 @@ create_pipeline's DAG). Prints one JSON line on stdout; logs go to stderr.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import yaml  # noqa: E402
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx.components.trainer.fn_args_utils import DataAccessor  # noqa: E402
-from tfx.components.util import tfxio_utils  # noqa: E402
-from tfx.types import standard_artifacts  # noqa: E402
-from tfx_bsl.public import tfxio  # noqa: E402
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
 
-from bench.machine import cpu_info  # noqa: E402
-from pipeline import configs  # noqa: E402
-from pipeline.configs import PipelineConfig  # noqa: E402
-from trainer.features import categorical_inputs, numeric_inputs, transformed_name  # noqa: E402
-from trainer.model import ConfiguredHyperModel, ModelLayout, PlainMLP  # noqa: E402
-from trainer.preprocessing import _OPS  # noqa: E402
-from trainer.task import compile_model, make_dataset, train  # noqa: E402
+# isort: split
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import yaml
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
+from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import DataAccessor
+from tfx.components.util import tfxio_utils
+from tfx.types import standard_artifacts
+from tfx_bsl.public import tfxio
+
+from bench.machine import cpu_info
+from pipeline import configs
+from pipeline.configs import PipelineConfig
+from trainer.features import categorical_inputs, numeric_inputs, transformed_name
+from trainer.model import ConfiguredHyperModel, ModelLayout, PlainMLP
+from trainer.task import compile_model, make_dataset, train
 
 EVAL_BATCH = 1024
 GBT_MAX_CATEGORIES = 250  # HistGradientBoosting needs fewer categories than max_bins (255)
@@ -204,7 +202,7 @@ def raw_label(columns: dict[str, list], config: PipelineConfig) -> np.ndarray:
         return (np.nan_to_num(_number(columns[label.column])) > 0.5).astype(np.int64)
     lhs = np.nan_to_num(_number(columns[rule.lhs]))
     rhs = np.nan_to_num(_number(columns[rule.rhs])) if isinstance(rule.rhs, str) else rule.rhs
-    return _OPS[rule.op](lhs, rule.factor * rhs).astype(np.int64)
+    return np.asarray(rule.holds(lhs, rhs)).astype(np.int64)
 
 
 def raw_matrix(columns: dict[str, list], config: PipelineConfig,

@@ -20,10 +20,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.machine import cpu_info  # noqa: E402
+from bench.machine import ROOT, cpu_info
 
 BENCHES = {
     # name: (arguments, --quick arguments)

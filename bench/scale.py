@@ -19,31 +19,29 @@ component's execution times from ML Metadata.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
 import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported: Keras 2
-os.environ.setdefault("NO_GCE_CHECK", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import csv  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.machine import cpu_info  # noqa: E402
-from pipeline import configs  # noqa: E402
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
 
-TAXI_CSV = os.path.join(os.path.dirname(configs.PACKAGE_DIR), "data", "taxi", "data.csv")
+# isort: split
+
+from bench.machine import TAXI_CSV, cpu_info
+from pipeline import configs
+
 DEFAULT_ROWS = (15_000, 150_000, 1_500_000)
 CHUNK = 100_000
 

@@ -12,29 +12,29 @@ batch size (1 and 256).
 
 from __future__ import annotations
 
+import argparse
+import glob
+import json
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
+import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
 
-from bench.machine import cpu_info, median_ms  # noqa: E402
-from pipeline import configs  # noqa: E402
-from tests.support import TAXI_CSV, read_csv, to_example  # noqa: E402
-from trainer.functional_target import build_target_model  # noqa: E402
-from trainer.model import ConfiguredHyperModel, ModelLayout, target_spec  # noqa: E402
-from trainer.target_export import MANIFEST, TargetNetworkServing  # noqa: E402
+# isort: split
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from bench.machine import TAXI_CSV, cpu_info, median_ms
+from pipeline import configs
+from pipeline.configs import MANIFEST_FILE
+from trainer.examples import read_csv, to_example
+from trainer.hypernet.materialize import build_target_model
+from trainer.model import ConfiguredHyperModel, ModelLayout, target_spec
+from trainer.target_export import TargetNetworkServing
 
 
 def newest(pattern: str) -> str:
@@ -54,7 +54,7 @@ def main() -> None:
     root = args.pipeline_root or config.pipeline_root
     hyper_dir = newest(os.path.join(root, "serving_model", "*"))
     targets_dir = newest(os.path.join(root, "serving_target_networks", "*"))
-    with open(os.path.join(targets_dir, MANIFEST)) as f:
+    with open(os.path.join(targets_dir, MANIFEST_FILE)) as f:
         manifest = json.load(f)
     network = max(manifest["networks"], key=lambda n: (n.get("metrics") or {}).get(
         "example_count", 0))

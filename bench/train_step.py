@@ -22,39 +22,37 @@ is the real one.
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import math
 import os
+import statistics
+import sys
+import time
+from collections import Counter
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported: Keras 2
-os.environ.setdefault("NO_GCE_CHECK", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+# isort: split
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
+import tensorflow as tf
 
-from bench.machine import cpu_info  # noqa: E402
-from pipeline import configs  # noqa: E402
-from pipeline.configs import PipelineConfig  # noqa: E402
-from trainer.features import (  # noqa: E402
+from bench.machine import ROOT, cpu_info
+from pipeline import configs
+from pipeline.configs import PipelineConfig
+from trainer.features import (
     OOV_BUCKETS,
     bucket_name,
     own_vocabulary_columns,
     shared_vocabulary_columns,
 )
-from trainer.functional_target import build_target_model  # noqa: E402
-from trainer.hypernetwork import FEATURES, HyperNetwork  # noqa: E402
-from trainer.model import ModelLayout, context_spec, generator_config, target_spec  # noqa: E402
+from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.materialize import build_target_model
+from trainer.model import ModelLayout, context_spec, generator_config, target_spec
 
 
 def taxi_shapes(config: PipelineConfig, csv_path: str) -> tuple[ModelLayout, dict[str, np.ndarray]]:

@@ -10,7 +10,6 @@ from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from components.report_html import (
-    REPORT_FILE,
     eval_metrics,
     plot_history,
     plot_projection,
@@ -21,9 +20,7 @@ from components.report_html import (
     weights_projection,
 )
 from components.target_networks import SERVING_DIR
-from pipeline.eval_config import VERDICT_FILE
-from trainer.target_export import WEIGHTS_FILE
-from trainer.task import HISTORY_FILE
+from pipeline.configs import HISTORY_FILE, REPORT_FILE, VERDICT_FILE, WEIGHTS_FILE
 
 A = tfx.types.standard_artifacts
 

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-REPORT_FILE = "report.html"
-
 
 # -- reading a run ----------------------------------------------------------------
 def split_rows(statistics_uri: str, splits: Sequence[str]) -> dict[str, int]:
@@ -50,7 +48,7 @@ def split_anomalies(anomalies_uri: str, splits: Sequence[str]) -> dict[str, dict
 
 def eval_metrics(evaluation_uri: str, context: Sequence[str]) -> dict[str, dict[str, float]]:
     """Candidate metrics: 'overall' and one entry per single-feature context slice."""
-    from pipeline.eval_config import slice_metrics
+    from trainer.eval_results import slice_metrics
 
     return {name: values for name, values in slice_metrics(evaluation_uri).items()
             if name == "overall" or ("," not in name and name.split("=", 1)[0] in context)}

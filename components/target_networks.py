@@ -14,8 +14,8 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx import v1 as tfx
 
-from pipeline.configs import deserialize
-from trainer.target_export import MANIFEST, export_target_networks
+from pipeline.configs import MANIFEST_FILE, deserialize
+from trainer.target_export import export_target_networks
 
 Model = tfx.types.standard_artifacts.Model
 ModelBlessing = tfx.types.standard_artifacts.ModelBlessing
@@ -38,7 +38,7 @@ def TargetNetworkExporter(
     out = os.path.join(target_networks.uri, SERVING_DIR)
     tf.io.gfile.makedirs(out)
     if not blessing.get_int_custom_property("blessed"):
-        with tf.io.gfile.GFile(os.path.join(out, MANIFEST), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(out, MANIFEST_FILE), "w") as f:
             json.dump({"hypernetwork": model.uri, "blessed": False, "networks": []}, f)
         logging.info("TargetNetworkExporter: the model is not blessed; nothing exported")
         return

@@ -19,7 +19,8 @@ import tensorflow as tf
 from absl import logging
 from tfx import v1 as tfx
 
-from pipeline.eval_config import VERDICT_FILE, slice_metrics
+from pipeline.configs import VERDICT_FILE
+from trainer.eval_results import slice_metrics
 
 
 def _slice_name(slice_key: Any) -> str:
@@ -55,14 +56,26 @@ def slice_regressions(candidate: dict[str, dict[str, float]], baseline: dict[str
 def build_verdict(evaluation_uri: str, evaluator_blessed: bool, metric: str,
                   slice_tolerance: float | None = None, min_slice_examples: int = 0,
                   higher_is_better: bool = True) -> dict[str, Any]:
+    """The verdict of an Evaluator output (see `decide`)."""
+    import tensorflow_model_analysis as tfma
+
+    verdict = decide(tfma.load_validation_result(evaluation_uri), evaluator_blessed,
+                     slice_metrics(evaluation_uri, "candidate"),
+                     slice_metrics(evaluation_uri, "baseline"), metric, slice_tolerance,
+                     min_slice_examples, higher_is_better)
+    return {**verdict, "evaluation": evaluation_uri}
+
+
+def decide(validation: Any, evaluator_blessed: bool, candidate: dict[str, dict[str, float]],
+           baseline: dict[str, dict[str, float]], metric: str,
+           slice_tolerance: float | None = None, min_slice_examples: int = 0,
+           higher_is_better: bool = True) -> dict[str, Any]:
     """The verdict as data: blessed or not, the gate metric's values, every failed check.
 
     Blessed = the Evaluator blessed (overall bound and change) and, when slice_tolerance
-    is set, no context slice large enough regressed beyond it against the baseline.
+    is set, no context slice large enough regressed beyond it against the baseline. A
+    verdict that does not bless always names at least one reason.
     """
-    import tensorflow_model_analysis as tfma
-
-    validation = tfma.load_validation_result(evaluation_uri)
     reasons = []
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:
@@ -73,12 +86,12 @@ def build_verdict(evaluation_uri: str, evaluator_blessed: bool, metric: str,
                            f"{'' if value is None else f' = {value:.4f}'}"
                            f"{' (vs baseline)' if failure.metric_key.is_diff else ''}"
                            f" fails {threshold}{f' ({failure.message})' if failure.message else ''}")
-    candidate = slice_metrics(evaluation_uri, "candidate")
-    baseline = slice_metrics(evaluation_uri, "baseline")
     slice_failures = []
     if slice_tolerance is not None and baseline:
         slice_failures = slice_regressions(candidate, baseline, metric, slice_tolerance,
                                            min_slice_examples, higher_is_better)
+    if not evaluator_blessed and not reasons:
+        reasons = _unlisted_failures(validation, metric, candidate)
     return {
         "blessed": evaluator_blessed and not slice_failures,
         "evaluator_blessed": evaluator_blessed,
@@ -86,8 +99,24 @@ def build_verdict(evaluation_uri: str, evaluator_blessed: bool, metric: str,
         "value": candidate.get("overall", {}).get(metric),
         "baseline_value": baseline.get("overall", {}).get(metric),
         "reasons": reasons + slice_failures,
-        "evaluation": evaluation_uri,
     }
+
+
+def _unlisted_failures(validation: Any, metric: str,
+                       candidate: dict[str, dict[str, float]]) -> list[str]:
+    """Why TFMA did not bless when it lists no failed threshold."""
+    reasons = []
+    if validation.missing_thresholds:
+        reasons.append("a gate threshold names a metric the evaluation did not compute")
+    for spec in validation.missing_slices:
+        text = str(spec).replace("\n", " ").strip() or "overall"
+        reasons.append(f"slice {text} has no examples in the evaluation split")
+    if metric not in candidate.get("overall", {}):
+        reasons.append(f"the gate metric {metric} is missing from the evaluation")
+    if not reasons:
+        reasons.append("the Evaluator did not bless the model and recorded no failed check "
+                       f"(validation_ok={validation.validation_ok})")
+    return reasons
 
 
 BLESSING_PROPERTIES = ("current_model", "current_model_id", "baseline_model", "baseline_model_id")

@@ -4,18 +4,26 @@ A user with their own CSV writes a YAML file like `pipeline/taxi.yaml` and point
 HYPERNET_CONFIG (or `--config`) at it; no Python changes. The loaded config travels
 to Transform and Trainer inside the pipeline (custom_config), so every component
 sees the same values.
+
+This module is the bottom layer: it imports nothing of ours, and everything above it
+(the hypernetwork library, the TFX modules, components, the DAG) reads its names from
+here, the gate-metric table and the artifact file names included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import operator
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(PACKAGE_DIR, "taxi.yaml")
@@ -30,6 +38,46 @@ _RULE = re.compile(
     r"(?:(?P<factor>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
     r"(?P<rhs>[A-Za-z_]\w*|[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$"
 )
+
+
+# Files our components and modules write, by what reads them back.
+VERDICT_FILE = "verdict.json"  # ModelVerdict's verdict, next to each deployment_blessing
+HISTORY_FILE = "history.json"  # the Trainer's Keras history, in its model_run
+MANIFEST_FILE = "manifest.json"  # the exported target networks, by context
+WEIGHTS_FILE = "generated_weights.npz"  # every exported target network's weights, flattened
+REPORT_FILE = "report.html"  # RunReport's page, in the pipeline root
+# The exported hypernetwork's second signature: raw tf.Examples -> transformed features.
+TRANSFORM_SIGNATURE = "transform_features"
+
+
+class GateMetric(NamedTuple):
+    """A metric the deployment gate can judge: TFMA's class, its direction, its result key."""
+
+    tfma_class: str
+    higher_is_better: bool
+    result_key: str  # the metric's name in TFMA's results
+
+
+GATE_METRICS: dict[tuple[str, str], GateMetric] = {
+    ("binary", "auc"): GateMetric("AUC", True, "auc"),
+    ("binary", "accuracy"): GateMetric("BinaryAccuracy", True, "binary_accuracy"),
+    ("multiclass", "accuracy"): GateMetric("SparseCategoricalAccuracy", True,
+                                           "sparse_categorical_accuracy"),
+    ("regression", "mse"): GateMetric("MeanSquaredError", False, "mean_squared_error"),
+    ("regression", "mae"): GateMetric("MeanAbsoluteError", False, "mean_absolute_error"),
+}
+
+
+def gate_metrics_of(task: str) -> tuple[str, ...]:
+    """The gate metrics a task can use, e.g. ("auc", "accuracy") for binary."""
+    return tuple(metric for t, metric in GATE_METRICS if t == task)
+
+
+_COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+                "==": operator.eq, "!=": operator.ne}
+
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -61,6 +109,10 @@ class LabelRule:
     def columns(self) -> tuple[str, ...]:
         return (self.lhs,) + ((self.rhs,) if isinstance(self.rhs, str) else ())
 
+    def holds(self, lhs: Any, rhs: Any) -> Any:
+        """The rule on values (numbers, arrays or tensors alike): lhs op factor * rhs."""
+        return _COMPARISONS[self.op](lhs, self.factor * rhs)
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
@@ -68,6 +120,9 @@ class LabelConfig:
     task: str
     column: str | None = None  # raw column holding the label as-is
     positive_when: str | None = None  # binary label derived from raw columns
+    # Binary label given as values (Y/N, yes/no, >50K/<=50K): the value that means 1.
+    # Without it a binary column must hold 0 and 1.
+    positive: str | None = None
     num_classes: int | None = None  # multiclass: filled from the vocabulary when None
 
     @property
@@ -77,7 +132,10 @@ class LabelConfig:
     @property
     def raw_columns(self) -> tuple[str, ...]:
         """The raw columns the label is made from."""
-        return self.rule.columns if self.rule else (self.column,)
+        rule = self.rule
+        if rule is not None:
+            return rule.columns
+        return (self.column,) if self.column else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +167,15 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    train_steps: int = 2000
-    eval_steps: int = 200
+    # The budget follows the data: whole epochs over the train split, at most `epochs` of
+    # them, ended by early stopping on the eval split (the best epoch is kept). A number
+    # here instead fixes the total steps, spread over `epochs` checks.
+    train_steps: int | None = None
+    eval_steps: int | None = None  # None: the whole eval split at every check
     batch_size: int = 256
     learning_rate: float = 3e-3
-    epochs: int = 10  # train_steps are spread over this many epochs (early-stopping checks)
-    early_stopping_patience: int = 3
+    epochs: int = 100
+    early_stopping_patience: int = 5
     seed: int = 42
     # Start from the last blessed model's generator when the architecture matches.
     warm_start: bool = True
@@ -126,8 +187,12 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GatesConfig:
-    metric: str = "auc"  # auc | accuracy (classification), mse | mae (regression)
-    lower_bound: float | None = 0.9
+    # auc | accuracy (classification), mse | mae (regression); None: the task's first
+    # (auc, accuracy, mse). Bounds are absolute and optional: a lower bound for metrics
+    # where higher is better, an upper bound for errors. Without one, the gate is the
+    # change against the last blessed model.
+    metric: str | None = None
+    lower_bound: float | None = None
     upper_bound: float | None = None
     change_tolerance: float = 0.01  # how far below the last blessed model a candidate may fall
     # Per context slice, vs the last blessed model: how far a slice may fall (None: no
@@ -137,6 +202,19 @@ class GatesConfig:
     min_slice_examples: int = 200
     # ExampleValidator anomalies at or above this severity fail the run (None: record only).
     anomaly_severity: str | None = "ERROR"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitsConfig:
+    """ExampleGen's hash buckets per split: train fits, eval stops early and selects, test
+    is read only by the gate, the report and the benchmarks (it chose nothing)."""
+
+    train: int = 3
+    eval: int = 1
+    test: int = 1
+
+    def buckets(self) -> dict[str, int]:
+        return {"train": self.train, "eval": self.eval, "test": self.test}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +256,7 @@ class BeamConfig:
 class TargetNetworksConfig:
     # Context values to materialize, by context feature: categorical contexts default to
     # their whole vocabulary plus the out-of-vocabulary bucket; numeric ones must be listed.
-    context_values: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    context_values: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     max_networks: int = 256  # a larger cross product of context values is an error
 
 
@@ -191,6 +269,7 @@ class PipelineConfig:
     context: tuple[str, ...] = ()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    splits: SplitsConfig = SplitsConfig()
     gates: GatesConfig = GatesConfig()
     beam: BeamConfig = BeamConfig()
     target_networks: TargetNetworksConfig = TargetNetworksConfig()
@@ -205,6 +284,9 @@ class PipelineConfig:
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
+        if self.gates.metric is None and self.label.task in TASKS:  # the task's first
+            object.__setattr__(self, "gates", dataclasses.replace(
+                self.gates, metric=gate_metrics_of(self.label.task)[0]))
         self.validate()
 
     # -- derived views -------------------------------------------------------
@@ -243,6 +325,15 @@ class PipelineConfig:
         return sorted(int(m[1]) for m in found if m)
 
     @property
+    def output_name(self) -> str:
+        """The model's output in every signature: "predictions" or "probabilities"."""
+        return "predictions" if self.label.task == "regression" else "probabilities"
+
+    @property
+    def gate_metric(self) -> GateMetric:
+        return GATE_METRICS[(self.label.task, str(self.gates.metric))]
+
+    @property
     def label_only_columns(self) -> tuple[str, ...]:
         """Raw columns used for the label alone: absent from serving requests."""
         return tuple(c for c in self.label.raw_columns if c not in self.features.all)
@@ -255,6 +346,24 @@ class PipelineConfig:
     def _fail(self, message: str) -> None:
         raise ConfigError(f"{self.source}: {message}")
 
+    def _validate_gate_bounds(self) -> None:
+        """A bound must point the metric's way: AUC >= x, MSE <= x; never the reverse."""
+        g = self.gates
+        if g.metric not in gate_metrics_of(self.label.task):
+            return  # reported by validate()
+        if self.gate_metric.higher_is_better and g.upper_bound is not None:
+            self._fail(f"gates.upper_bound {g.upper_bound} caps {g.metric}, where higher is "
+                       f"better: set gates.lower_bound (the least {g.metric} to push) instead")
+        if not self.gate_metric.higher_is_better and g.lower_bound is not None:
+            self._fail(f"gates.lower_bound {g.lower_bound} would demand an {g.metric} of at "
+                       f"least {g.lower_bound}, where lower is better: set gates.upper_bound "
+                       f"(the largest {g.metric} to push) instead")
+        bound = g.lower_bound if g.lower_bound is not None else g.upper_bound
+        if bound is not None and g.metric in ("auc", "accuracy") and not 0.0 <= bound <= 1.0:
+            self._fail(f"gates.lower_bound {bound} is outside [0, 1], where {g.metric} lives")
+        if bound is not None and g.metric in ("mse", "mae") and bound < 0:
+            self._fail(f"gates.upper_bound {bound} is negative: {g.metric} never is")
+
     def validate(self) -> None:
         if not _NAME.match(self.name):
             self._fail(f"name {self.name!r} must match [a-z0-9][a-z0-9-]* (Kubeflow's rule)")
@@ -262,6 +371,12 @@ class PipelineConfig:
             self._fail(f"label.task {self.label.task!r} is not one of {TASKS}")
         if bool(self.label.column) == bool(self.label.positive_when):
             self._fail("label needs exactly one of 'column' or 'positive_when'")
+        if self.label.positive is not None:
+            if self.label.task != "binary" or not self.label.column:
+                self._fail("label.positive names the positive value of a binary label column: "
+                           "it needs task: binary and label.column")
+            object.__setattr__(self, "label", dataclasses.replace(
+                self.label, positive=str(self.label.positive)))  # YAML may read yes as True
         if self.label.positive_when:
             if self.label.task != "binary":
                 self._fail("label.positive_when derives a binary label; set task: binary")
@@ -291,17 +406,23 @@ class PipelineConfig:
                            f"(declared: {sorted(seen)})")
         if not set(seen) - set(self.context):
             self._fail("every feature is a context feature: the target network needs inputs")
-        if self.gates.metric not in _GATE_METRICS[self.label.task]:
+        if self.gates.metric not in gate_metrics_of(self.label.task):
             self._fail(f"gates.metric {self.gates.metric!r} does not fit task "
-                       f"{self.label.task!r}; choose one of {_GATE_METRICS[self.label.task]}")
+                       f"{self.label.task!r}; choose one of {gate_metrics_of(self.label.task)}")
         if self.num_spans < 1:
             self._fail(f"num_spans must be >= 1, got {self.num_spans}")
         if self.span_pattern and "{SPAN}" not in self.span_pattern:
             self._fail(f"span_pattern {self.span_pattern!r} has no {{SPAN}}")
+        self._validate_gate_bounds()
+        for split, buckets in self.splits.buckets().items():
+            if not isinstance(buckets, int) or buckets < 1:
+                self._fail(f"splits.{split} must be a positive number of hash buckets, "
+                           f"got {buckets!r}")
         t = self.training
         for field in ("train_steps", "eval_steps", "batch_size", "epochs"):
-            if getattr(t, field) <= 0:
-                self._fail(f"training.{field} must be positive, got {getattr(t, field)}")
+            value = getattr(t, field)
+            if value is not None and value <= 0:
+                self._fail(f"training.{field} must be positive, got {value}")
         if self.gates.anomaly_severity not in (None, "WARNING", "ERROR"):
             self._fail(f"gates.anomaly_severity {self.gates.anomaly_severity!r} is not "
                        "WARNING, ERROR or null")
@@ -330,14 +451,7 @@ class PipelineConfig:
             self._fail(f"beam.extra_args: unknown Beam pipeline option(s) {unknown} (misspelled?)")
 
 
-_GATE_METRICS = {
-    "binary": ("auc", "accuracy"),
-    "multiclass": ("accuracy",),
-    "regression": ("mse", "mae"),
-}
-
-
-def _build(cls, data: Mapping[str, Any] | None, where: str):
+def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _Section:
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
@@ -358,7 +472,8 @@ def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str = "
         raise ConfigError(f"{source}: missing required key(s) {missing}")
     sections = {
         "label": LabelConfig, "features": FeaturesConfig, "model": ModelConfig,
-        "training": TrainingConfig, "gates": GatesConfig, "beam": BeamConfig,
+        "training": TrainingConfig, "splits": SplitsConfig, "gates": GatesConfig,
+        "beam": BeamConfig,
         "target_networks": TargetNetworksConfig,
     }
     try:

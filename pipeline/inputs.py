@@ -56,6 +56,58 @@ def check_data(config: PipelineConfig) -> None:
             what = ", ".join(f"{c!r} ({_role(config, c)})" for c in missing)
             raise ConfigError(f"{path}: column(s) {what} named in {config.source} "
                               f"are not in the CSV header {header}")
+    if config.label.column:
+        check_label(config, files)
+
+
+def check_label(config: PipelineConfig, files: list[str]) -> None:
+    """Fail on a label column the task cannot read, naming the column and a few values.
+
+    Regression needs numbers; a binary label needs 0/1 values or `label.positive`, which
+    must occur in the column. Checked on every row before the run, where Transform would
+    fail a minute in ("StringToNumberOp could not correctly convert string: N").
+    """
+    label, column = config.label, str(config.label.column)
+    values: dict[str, str] = {}  # distinct value -> where first seen (file:row), a bounded few
+    non_numeric: dict[str, str] = {}
+    for path in files:
+        with open(path, newline="") as f:
+            for row_number, row in enumerate(csv.DictReader(f), start=2):
+                value = (row.get(column) or "").strip()
+                if value == "":
+                    continue
+                if len(values) < 100:
+                    values.setdefault(value, f"{path}:{row_number}")
+                if len(non_numeric) < 5 and not _is_number(value):
+                    non_numeric.setdefault(value, f"{path}:{row_number}")
+    seen = sorted(values)[:8]
+    where = f"{config.source}: label column {column!r}"
+    if label.task == "regression" and non_numeric:
+        first = next(iter(non_numeric.items()))
+        raise ConfigError(f"{where} holds values that are not numbers, e.g. "
+                          f"{sorted(non_numeric)} (first at {first[1]}): a regression "
+                          "label must be numeric")
+    if label.task != "binary":
+        return
+    if label.positive is not None:
+        if label.positive not in values and len(values) < 100:
+            raise ConfigError(f"{where}: label.positive {label.positive!r} never occurs; "
+                              f"the column holds {seen}")
+        return
+    not_binary = [v for v in values if not _is_number(v) or float(v) not in (0.0, 1.0)]
+    if not_binary:
+        raise ConfigError(f"{where} holds {seen}{' ...' if len(values) > 8 else ''}, not "
+                          f"0 and 1 (e.g. {not_binary[0]!r} at {values[not_binary[0]]}): name "
+                          "the value that means 1 with label.positive, e.g. "
+                          f"'positive: {not_binary[0]}'")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _role(config: PipelineConfig, column: str) -> str:

@@ -11,19 +11,19 @@ pipeline root is <output-dir>/tfx_pipeline_output/<name>; pushed models go to it
 serving_model/ folder.
 """
 
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
+
+# isort: split
+
+import argparse
+import dataclasses
 import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "true")
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-
-from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # noqa: E402
-
-from pipeline import configs  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
+from pipeline import configs
+from pipeline.pipeline import create_pipeline
 
 DEFAULT_IMAGE = "hypernet-tfx:latest"
 

@@ -12,25 +12,26 @@ from $HYPERNET_CONFIG (default pipeline/taxi.yaml).
 import os
 import sys
 
-# Keras 2 before anything imports TensorFlow (see trainer/keras_env.py).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "true")
-# Run as a script, this file's folder comes first on sys.path and its pipeline.py would
-# shadow the `pipeline` package.
+# Run as a script (the TFX CLI does), this file's folder comes first on sys.path and its
+# pipeline.py would shadow the `pipeline` package: the project root takes its place.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 if os.path.dirname(_HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(_HERE))
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
 
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
+# isort: split
 
-from pipeline import configs, in_process_beam  # noqa: E402
-from pipeline.inputs import check_data  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
+import argparse
+import dataclasses
+
+from absl import logging
+from tfx import v1 as tfx
+
+from pipeline import configs, in_process_beam
+from pipeline.inputs import check_data
+from pipeline.pipeline import create_pipeline
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

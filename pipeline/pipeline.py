@@ -15,7 +15,7 @@ from components.report import RunReport
 from components.target_networks import TargetNetworkExporter, TargetNetworkPusher
 from components.verdict import ModelVerdict
 from pipeline.configs import PipelineConfig, serialize
-from pipeline.eval_config import GATE_METRICS, build_eval_config, gate_metric_key
+from pipeline.eval_config import build_eval_config
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
@@ -35,16 +35,22 @@ def create_pipeline(
     # What Transform and Trainer need; the schema travels as CuratedSchemaGen's parameter.
     custom_config = serialize(dataclasses.replace(config, schema_file=None))
 
+    # train (fit), eval (early stopping, model selection), test (the gate and the report only).
+    output_config = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+        tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets)
+        for name, buckets in config.splits.buckets().items()]))
     if config.uses_spans:
         # The newest span, or a rolling window of the last num_spans.
         example_gen = tfx.components.CsvExampleGen(
             input_base=config.data_root,
             input_config=tfx.proto.Input(splits=[
                 tfx.proto.Input.Split(name="span", pattern=config.span_pattern)]),
+            output_config=output_config,
             range_config=tfx.proto.RangeConfig(
                 rolling_range=tfx.proto.RollingRange(num_spans=config.num_spans)))
     else:
-        example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
+        example_gen = tfx.components.CsvExampleGen(input_base=config.data_root,
+                                                   output_config=output_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_file:
         # A curated schema: drift from what the model was designed for is caught.
@@ -86,21 +92,22 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=model_resolver.outputs["model"],  # warm start (trainer/warm_start.py)
-        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.training.train_steps),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=config.training.eval_steps),
         custom_config=custom_config)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
+        example_splits=["test"],  # never the split that early stopping watched
         eval_config=build_eval_config(config))
     g = config.gates
     verdict = ModelVerdict(
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
-        verdict_dir=config.pipeline_root, gate_metric=gate_metric_key(config),
+        verdict_dir=config.pipeline_root, gate_metric=config.gate_metric.result_key,
         slice_tolerance=-1.0 if g.slice_tolerance is None else g.slice_tolerance,  # -1: off
         min_slice_examples=g.min_slice_examples,
-        higher_is_better=int(GATE_METRICS[(config.label.task, g.metric)][1]),
+        higher_is_better=int(config.gate_metric.higher_is_better),
     ).with_id(VERDICT_ID)
     blessing = verdict.outputs["deployment_blessing"]
     pusher = tfx.components.Pusher(
@@ -125,7 +132,7 @@ def create_pipeline(
         target_networks=exporter.outputs["target_networks"],
         pushed_target_networks=target_pusher.outputs["pushed_target_networks"],
         report_dir=config.pipeline_root, config=json.dumps(custom_config),
-        gate_metric=gate_metric_key(config))
+        gate_metric=config.gate_metric.result_key)
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,

@@ -13,6 +13,10 @@ optional, or a span where they happen to be empty would count as "column dropped
 
 from __future__ import annotations
 
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
+
+# isort: split
+
 import argparse
 import sys
 

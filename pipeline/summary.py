@@ -8,6 +8,10 @@ TFX recorded, not what a log line claimed.
 
 from __future__ import annotations
 
+import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is imported
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -15,7 +19,8 @@ import sys
 from typing import Any
 
 from pipeline import configs
-from pipeline.eval_config import VERDICT_FILE, gate_metric_key, slice_metrics
+from pipeline.configs import REPORT_FILE, VERDICT_FILE
+from trainer.eval_results import slice_metrics
 
 
 def run_artifacts(metadata_path: str, run_id: str | None = None) -> dict[str, list[Any]]:
@@ -52,7 +57,7 @@ def _prop(artifact: Any, key: str) -> Any:
 def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict[str, Any]:
     arts = run_artifacts(config.metadata_path, run_id)
     summary: dict[str, Any] = {"pipeline": config.name, "run": (arts.get("_run") or [None])[0],
-                               "gate_metric": gate_metric_key(config)}
+                               "gate_metric": config.gate_metric.result_key}
     for art in arts.get("deployment_blessing", []):  # ModelVerdict's: the final decision
         summary["blessed"] = bool(_prop(art, "blessed"))
         own = os.path.join(art.uri, VERDICT_FILE)  # this run's, not the newest in the root
@@ -69,7 +74,7 @@ def summarize(config: configs.PipelineConfig, run_id: str | None = None) -> dict
         summary["pushed_destination"] = _prop(art, "pushed_destination") or None
     for art in arts.get("pushed_target_networks", []):
         summary["target_networks_destination"] = _prop(art, "pushed_destination") or None
-    report = os.path.join(config.pipeline_root, "report.html")
+    report = os.path.join(config.pipeline_root, REPORT_FILE)
     if arts.get("pushed_target_networks") and os.path.exists(report):
         summary["report"] = report
     return summary

@@ -10,7 +10,6 @@ company at serving time gets a sensible network instead of an error.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +28,6 @@ from trainer.features import (
     vocab_filename,
 )
 
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
-        "==": operator.eq, "!=": operator.ne}
 LABEL_VOCAB = "vocab_label"
 
 
@@ -156,10 +153,12 @@ def _label(columns: RawColumns, config: PipelineConfig) -> tf.Tensor:
         rule = label.rule
         lhs, _ = columns.numeric(rule.lhs)
         rhs = columns.numeric(rule.rhs)[0] if isinstance(rule.rhs, str) else rule.rhs
-        return tf.cast(_OPS[rule.op](lhs, rule.factor * rhs), tf.int64)
+        return tf.cast(rule.holds(lhs, rhs), tf.int64)
     if label.task == "multiclass":
         return tft.compute_and_apply_vocabulary(
             columns.string(label.column), vocab_filename=LABEL_VOCAB, num_oov_buckets=0)
+    if label.task == "binary" and label.positive is not None:
+        return tf.cast(tf.equal(columns.string(label.column), label.positive), tf.int64)
     if label.task == "binary":
         return tf.cast(columns.numeric(label.column)[0] > 0.5, tf.int64)
     return columns.numeric(label.column)[0]

@@ -21,16 +21,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
 
-from pipeline.configs import PipelineConfig
-from pipeline.eval_config import slice_metrics
+from pipeline.configs import MANIFEST_FILE, WEIGHTS_FILE, PipelineConfig
+from trainer.eval_results import slice_metrics
 from trainer.features import OOV_BUCKETS, transformed_name, vocab_filename
-from trainer.keras_env import without_autograph, without_keras_traces
+from trainer.hypernet.keras_env import without_autograph, without_keras_traces
 from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.task import output_name, serving_feature_spec
+from trainer.task import serving_feature_spec
 from trainer.warm_start import copy_hypernetwork_weights
 
-MANIFEST = "manifest.json"
-WEIGHTS_FILE = "generated_weights.npz"
 OOV = "<out-of-vocabulary>"
 
 
@@ -108,7 +106,7 @@ class TargetNetworkServing(tf.Module):
         self.assembler = model.assembler  # no variables: numeric columns + one-hots
         self.tft_layer = tft_output.transform_features_layer()
         spec = serving_feature_spec(config, tft_output)
-        name = output_name(config)
+        name = config.output_name
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         @without_autograph
@@ -148,7 +146,7 @@ def export_target_networks(config: PipelineConfig, model_dir: str,
     np.savez_compressed(os.path.join(output_dir, WEIGHTS_FILE),
                         names=np.array([n["path"] for n in networks]), weights=np.stack(weights))
     manifest = {"hypernetwork": model_dir, "context_features": list(config.context),
-                "output": output_name(config), "networks": networks}
-    with tf.io.gfile.GFile(os.path.join(output_dir, MANIFEST), "w") as f:
+                "output": config.output_name, "networks": networks}
+    with tf.io.gfile.GFile(os.path.join(output_dir, MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,16 +21,10 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx import v1 as tfx
 
-from pipeline.configs import PipelineConfig, deserialize
-from trainer.keras_env import require_legacy_keras, without_autograph, without_keras_traces
+from pipeline.configs import HISTORY_FILE, TRANSFORM_SIGNATURE, PipelineConfig, deserialize
+from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, without_keras_traces
 from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
-
-HISTORY_FILE = "history.json"
-
-
-def output_name(config: PipelineConfig) -> str:
-    return "predictions" if config.label.task == "regression" else "probabilities"
 
 
 def serving_feature_spec(config: PipelineConfig, tft_output: tft.TFTransformOutput) -> dict:
@@ -45,17 +40,12 @@ def make_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutpu
     Read with tf.data, batches parsed in parallel: TFXIO's reader (`data_accessor`)
     parses on a single thread, 6.1 ms per batch of 256 here against 1.5 ms, which made
     input, not the model, the Trainer's bottleneck. Training: shuffled and repeated.
-    Evaluation: the first `eval_steps` batches in file order, parsed once and then kept
-    in memory, since every early-stopping check reads the same ones.
+    Evaluation: the whole split (or its first `eval_steps` batches) in file order, parsed
+    once and then kept in memory, since every early-stopping check reads the same rows.
     """
     t = config.training
     spec = tft_output.transformed_feature_spec()
-    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
-    if not files:
-        raise ValueError(f"no transformed examples match {file_pattern}")
-    # Transform writes GZIP'd TFRecords (*.gz); anything else is read as plain TFRecords.
-    compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
+    files, compression = _record_files(file_pattern)
     records = tf.data.Dataset.from_tensor_slices(files)
     if training:
         records = records.shuffle(len(files), seed=t.seed)
@@ -68,10 +58,12 @@ def make_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutpu
         features = tf.io.parse_example(serialized, spec)
         return features, features.pop(config.label.name)
 
-    dataset = records.repeat().batch(t.batch_size, drop_remainder=True).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training or t.eval_steps is not None:
+        records = records.repeat()
+    dataset = records.batch(t.batch_size, drop_remainder=training or t.eval_steps is not None)
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not training:
-        dataset = dataset.take(t.eval_steps).cache()
+        dataset = (dataset if t.eval_steps is None else dataset.take(t.eval_steps)).cache()
     if t.distribution == "multi_worker_mirrored":
         # Each worker reads every file and keeps its share of the batches: correct with any
         # number of files (FILE sharding needs at least one file per worker).
@@ -79,6 +71,31 @@ def make_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutpu
         sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(sharding)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _record_files(file_pattern: str | list[str]) -> tuple[list[str], str]:
+    """The files matching the pattern(s), and their TFRecord compression."""
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    if not files:
+        raise ValueError(f"no transformed examples match {file_pattern}")
+    # Transform writes GZIP'd TFRecords (*.gz); anything else is read as plain TFRecords.
+    return files, "GZIP" if all(f.endswith(".gz") for f in files) else ""
+
+
+def count_examples(file_pattern: str | list[str]) -> int:
+    """Records in the files, read without parsing (1.5M taxi rows: a few seconds)."""
+    files, compression = _record_files(file_pattern)
+    records = tf.data.TFRecordDataset(files, compression, num_parallel_reads=tf.data.AUTOTUNE)
+    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def steps_per_epoch(config: PipelineConfig, train_examples: int) -> int:
+    """One pass over the train split, or train_steps spread over the epochs when set."""
+    t = config.training
+    if t.train_steps is not None:
+        return max(1, t.train_steps // t.epochs)
+    return max(1, math.ceil(train_examples / t.batch_size))
 
 
 def make_strategy(config: PipelineConfig) -> tf.distribute.Strategy:
@@ -114,14 +131,16 @@ def compile_model(model: tf.keras.Model, config: PipelineConfig) -> None:
 
 
 def train(model: tf.keras.Model, config: PipelineConfig, train_ds: tf.data.Dataset,
-          eval_ds: tf.data.Dataset, log_dir: str | None = None) -> dict[str, list[float]]:
+          eval_ds: tf.data.Dataset, train_examples: int,
+          log_dir: str | None = None) -> dict[str, list[float]]:
+    """Epochs until the eval loss stops improving; the best epoch's weights are kept."""
     t = config.training
     callbacks = [tf.keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True)]
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     history = model.fit(
-        train_ds, epochs=t.epochs, steps_per_epoch=max(1, t.train_steps // t.epochs),
+        train_ds, epochs=t.epochs, steps_per_epoch=steps_per_epoch(config, train_examples),
         validation_data=eval_ds, validation_steps=t.eval_steps, callbacks=callbacks, verbose=2)
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
@@ -132,7 +151,7 @@ def export(model: tf.keras.Model, config: PipelineConfig, tft_output: tft.TFTran
     model.tft_layer = tft_output.transform_features_layer()
     raw_spec = tft_output.raw_feature_spec()
     serving_spec = serving_feature_spec(config, tft_output)
-    out_name = output_name(config)
+    out_name = config.output_name
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     @without_autograph
@@ -148,7 +167,7 @@ def export(model: tf.keras.Model, config: PipelineConfig, tft_output: tft.TFTran
     with without_keras_traces():
         tf.saved_model.save(model, export_dir, signatures={
             "serving_default": serve.get_concrete_function(),
-            "transform_features": transform_features.get_concrete_function(),
+            TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
         })
 
 
@@ -178,7 +197,8 @@ def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:
         if config.training.warm_start:
             model(next(iter(train_ds))[0])  # build the variables before copying into them
             warm_start(model.hyper, fn_args.base_model, vocabulary_files(config, tft_output))
-    history = train(model, config, train_ds, eval_ds, log_dir=fn_args.model_run_dir)
+    train_examples = count_examples(fn_args.train_files)
+    history = train(model, config, train_ds, eval_ds, train_examples, log_dir=fn_args.model_run_dir)
     # Free training's garbage now, in one full pass (0.5 s): left to the collector, a
     # young-generation pass landing inside the export stalled it for 7-9 s in 2 runs of 3.
     gc.collect()

@@ -19,10 +19,10 @@ import time
 import pytest
 
 from pipeline import configs
-from pipeline.eval_config import slice_metrics
 from pipeline.split_spans import split_spans
 from pipeline.summary import summarize
 from tests.support import ROOT, TAXI_CSV, pipeline_env, write_config
+from trainer.eval_results import slice_metrics
 
 pytestmark = pytest.mark.e2e
 TRAINING = {"train_steps": 200, "epochs": 2, "eval_steps": 10}

@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline import configs
+from pipeline.configs import WEIGHTS_FILE
 from tests.support import to_example
 from trainer.features import transformed_name
-from trainer.target_export import OOV, WEIGHTS_FILE, context_values, export_target_networks
+from trainer.target_export import OOV, context_values, export_target_networks
 
 
 @pytest.fixture(scope="module")
