@@ -30,6 +30,7 @@ DEFAULT_CONFIG = os.path.join(PACKAGE_DIR, "taxi.yaml")
 CONFIG_ENV = "HYPERNET_CONFIG"
 
 TASKS = ("binary", "multiclass", "regression")
+GENERATORS = ("full", "lowrank", "film")  # trainer/hypernet/kinds.py registers each
 DISTRIBUTIONS = ("default", "multi_worker_mirrored")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # "<column> <op> [<number> *] <column-or-number>", e.g. "tips > 0.2 * fare".
@@ -159,10 +160,19 @@ class ModelConfig:
     hidden_units: tuple[int, ...] = (64, 32)
     activation: str = "relu"
     context_embedding_dim: int = 8
+    # How the context becomes weights (README, "The hypernetwork"): "film" and "lowrank"
+    # pool (shared network + a shrunk per-context deviation), "full" generates every weight.
+    generator: str = "film"
+    rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
+    # Pooling strength lambda: the loss adds lambda / N * sum over contexts of |deviation|^2
+    # (N training examples), a prior that keeps small groups near the shared network.
+    # Several values: one model each, the one with the best eval loss is kept.
+    pooling: tuple[float, ...] = (10.0,)
+    # Generator "full": its trunk, optional chunking, and L2 on its head's kernel.
     generator_units: tuple[int, ...] = (64,)
     chunk_size: int = 0
     chunk_embedding_dim: int = 16
-    generator_l2: float = 0.0  # L2 on the generator head's kernel: context-specific weights
+    generator_l2: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +424,13 @@ class PipelineConfig:
         if self.span_pattern and "{SPAN}" not in self.span_pattern:
             self._fail(f"span_pattern {self.span_pattern!r} has no {{SPAN}}")
         self._validate_gate_bounds()
+        m = self.model
+        if m.generator not in GENERATORS:
+            self._fail(f"model.generator {m.generator!r} is not one of {GENERATORS}")
+        if not m.pooling or any(not isinstance(v, (int, float)) or v < 0 for v in m.pooling):
+            self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
+        if m.rank < 1:
+            self._fail(f"model.rank must be >= 1, got {m.rank}")
         for split, buckets in self.splits.buckets().items():
             if not isinstance(buckets, int) or buckets < 1:
                 self._fail(f"splits.{split} must be a positive number of hash buckets, "
@@ -460,6 +477,8 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
     for key, value in data.items():
         if isinstance(value, list):
             data[key] = tuple(value)
+    if cls is ModelConfig and isinstance(data.get("pooling"), (int, float)):
+        data["pooling"] = (data["pooling"],)  # one value, written as a number
     return cls(**data)
 
 

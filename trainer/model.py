@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -92,13 +93,19 @@ def target_spec(config: PipelineConfig, layout: ModelLayout) -> TargetSpec:
 def context_spec(config: PipelineConfig, layout: ModelLayout) -> ContextSpec:
     categorical = {c: layout.vocab_sizes[c] for c in config.context if c in layout.vocab_sizes}
     numeric = [c for c in config.context if c not in layout.vocab_sizes]
-    return ContextSpec(categorical, numeric, config.model.context_embedding_dim)
+    # Transform's out-of-vocabulary id (rare and unseen values) conditions on nothing.
+    oov = {c: layout.oov_id(c) for c in categorical}
+    return ContextSpec(categorical, numeric, config.model.context_embedding_dim, oov_ids=oov)
 
 
-def generator_config(config: PipelineConfig) -> GeneratorConfig:
+def generator_config(config: PipelineConfig, pooling: float = 0.0,
+                     train_examples: int = 0) -> GeneratorConfig:
+    """The library's generator settings; shrinkage = pooling / N, a prior on each group's
+    deviation in units of the mean training loss (0 when N is unknown: inference only)."""
     m = config.model
     return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
-                           head_l2=m.generator_l2)
+                           head_l2=m.generator_l2, kind=m.generator, rank=m.rank,
+                           shrinkage=pooling / train_examples if train_examples else 0.0)
 
 
 class FeatureAssembler(tf.keras.layers.Layer):
@@ -129,13 +136,15 @@ class FeatureAssembler(tf.keras.layers.Layer):
 class ConfiguredHyperModel(GraphModel):
     """Transformed features -> prediction, through the config's hypernetwork."""
 
-    def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
+    def __init__(self, config: PipelineConfig, layout: ModelLayout, pooling: float = 0.0,
+                 train_examples: int = 0, **kwargs: Any):
         require_legacy_keras()
         super().__init__(**kwargs)
         self.context_names = list(config.context)
         self.assembler = FeatureAssembler(config, layout, name="feature_assembler")
         self.hyper = HyperNetwork(target_spec(config, layout), context_spec(config, layout),
-                                  generator_config(config), name="hypernetwork")
+                                  generator_config(config, pooling, train_examples),
+                                  name="hypernetwork")
 
     def hyper_inputs(self, transformed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         inputs = {FEATURES: self.assembler(transformed)}

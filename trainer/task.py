@@ -26,6 +26,8 @@ from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, 
 from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
 
+DATA_LOSS = "data_loss"
+
 
 def serving_feature_spec(config: PipelineConfig, tft_output: tft.TFTransformOutput) -> dict:
     """The raw feature spec of a serving request: every column but the label-only ones."""
@@ -117,15 +119,20 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def compile_model(model: tf.keras.Model, config: PipelineConfig) -> None:
     task = config.label.task
+    # "data_loss": the loss without the pooling penalty, which early stopping and the
+    # choice between pooling strengths read (the penalty differs between them).
     if task == "binary":
         loss = tf.keras.losses.BinaryCrossentropy()
-        metrics = [tf.keras.metrics.AUC(name="auc"), tf.keras.metrics.BinaryAccuracy(name="accuracy")]
+        metrics = [tf.keras.metrics.BinaryCrossentropy(name=DATA_LOSS),
+                   tf.keras.metrics.AUC(name="auc"), tf.keras.metrics.BinaryAccuracy(name="accuracy")]
     elif task == "multiclass":
         loss = tf.keras.losses.SparseCategoricalCrossentropy()
-        metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        metrics = [tf.keras.metrics.SparseCategoricalCrossentropy(name=DATA_LOSS),
+                   tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     else:
         loss = tf.keras.losses.MeanSquaredError()
-        metrics = [tf.keras.metrics.MeanAbsoluteError(name="mae")]
+        metrics = [tf.keras.metrics.MeanSquaredError(name=DATA_LOSS),
+                   tf.keras.metrics.MeanAbsoluteError(name="mae")]
     model.compile(optimizer=tf.keras.optimizers.Adam(config.training.learning_rate),
                   loss=loss, metrics=metrics)
 
@@ -136,7 +143,7 @@ def train(model: tf.keras.Model, config: PipelineConfig, train_ds: tf.data.Datas
     """Epochs until the eval loss stops improving; the best epoch's weights are kept."""
     t = config.training
     callbacks = [tf.keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True)]
+        monitor=f"val_{DATA_LOSS}", patience=t.early_stopping_patience, restore_best_weights=True)]
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     history = model.fit(
@@ -191,14 +198,25 @@ def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:
 
     train_ds = make_dataset(fn_args.train_files, tft_output, config)
     eval_ds = make_dataset(fn_args.eval_files, tft_output, config, training=False)
-    with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
-        model = ConfiguredHyperModel(config, layout, name="hyper_model")
-        compile_model(model, config)
-        if config.training.warm_start:
-            model(next(iter(train_ds))[0])  # build the variables before copying into them
-            warm_start(model.hyper, fn_args.base_model, vocabulary_files(config, tft_output))
     train_examples = count_examples(fn_args.train_files)
-    history = train(model, config, train_ds, eval_ds, train_examples, log_dir=fn_args.model_run_dir)
+    best: tuple[float, tf.keras.Model, dict] | None = None
+    for pooling in config.model.pooling:  # one model per strength; eval's data loss picks
+        tf.keras.utils.set_random_seed(config.training.seed)
+        with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
+            model = ConfiguredHyperModel(config, layout, pooling, train_examples, name="hyper_model")
+            compile_model(model, config)
+            if config.training.warm_start:
+                model(next(iter(train_ds))[0])  # build the variables before copying into them
+                warm_start(model.hyper, fn_args.base_model, vocabulary_files(config, tft_output))
+        history = train(model, config, train_ds, eval_ds, train_examples,
+                        log_dir=fn_args.model_run_dir)
+        score = min(history[f"val_{DATA_LOSS}"])
+        logging.info("pooling %s: best eval %s %.6f", pooling, DATA_LOSS, score)
+        history["pooling"] = [float(pooling)]
+        if best is None or score < best[0]:
+            best = (score, model, history)
+    assert best is not None  # the config requires at least one pooling value
+    _, model, history = best
     # Free training's garbage now, in one full pass (0.5 s): left to the collector, a
     # young-generation pass landing inside the export stalled it for 7-9 s in 2 runs of 3.
     gc.collect()

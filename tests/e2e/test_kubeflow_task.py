@@ -134,10 +134,10 @@ def test_driver_resolved_span_and_fingerprint(task_run):
     assert artifact["metadata"]["input_fingerprint"] == params["input_fingerprint"]
 
 
-def test_examples_are_split_train_and_eval(task_run):
+def test_examples_are_split_train_eval_and_test(task_run):
     uri = task_run["artifact_uri"]
-    assert sorted(os.listdir(uri)) == ["Split-eval", "Split-train"]
-    for split in ("Split-train", "Split-eval"):
+    assert sorted(os.listdir(uri)) == ["Split-eval", "Split-test", "Split-train"]
+    for split in ("Split-train", "Split-eval", "Split-test"):
         files = glob.glob(os.path.join(uri, split, "*.gz"))
         assert files, split
         for path in files:
@@ -157,18 +157,18 @@ def test_examples_hold_every_csv_row_and_column(task_run):
     with open(task_run["data"] / "data.csv", newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
-    train = _read_examples(task_run["artifact_uri"], "Split-train")
-    evaluation = _read_examples(task_run["artifact_uri"], "Split-eval")
-    assert len(train) + len(evaluation) == ROWS
-    assert len(train) > len(evaluation) > 0  # hash buckets 2:1
-    for example in train + evaluation:
+    train, evaluation, test = (_read_examples(task_run["artifact_uri"], f"Split-{split}")
+                               for split in ("train", "eval", "test"))
+    assert len(train) + len(evaluation) + len(test) == ROWS
+    assert len(train) > 2 * len(evaluation) > 0 and len(train) > 2 * len(test) > 0  # 3:1:1
+    for example in train + evaluation + test:
         assert set(example.features.feature) == set(header)
     # Values survive: the multiset of fares read back equals the CSV's.
     def fare(e):
         value = e.features.feature["fare"]
         return round(value.float_list.value[0], 4) if value.float_list.value else None
     csv_fares = sorted(round(float(r["fare"]), 4) for r in rows if r["fare"])
-    assert sorted(x for x in map(fare, train + evaluation) if x is not None) == csv_fares
+    assert sorted(x for x in map(fare, train + evaluation + test) if x is not None) == csv_fares
 
 
 def test_executor_output_file_describes_the_artifact(task_run):
@@ -178,7 +178,7 @@ def test_executor_output_file_describes_the_artifact(task_run):
     assert artifact.uri == task_run["artifact_uri"]
     assert artifact.name == ARTIFACT_NAME.format(1)
     metadata = json_format.MessageToDict(artifact.metadata)
-    assert json.loads(metadata["split_names"]) == ["train", "eval"]
+    assert json.loads(metadata["split_names"]) == ["train", "eval", "test"]
     # What the driver resolved reached the executor's artifact.
     assert metadata["custom:span"] == 0
     assert metadata["input_fingerprint"] == \

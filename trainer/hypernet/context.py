@@ -21,10 +21,18 @@ class ContextSpec:
     categorical: Mapping[str, int] = dataclasses.field(default_factory=dict)  # name -> vocab size
     numeric: Sequence[str] = ()
     embedding_dim: int = 8
+    # Per categorical feature, the id of its out-of-vocabulary bucket: its embedding is
+    # pinned to zero, so an unseen value gets the network of no context information.
+    oov_ids: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "categorical", dict(self.categorical))
         object.__setattr__(self, "numeric", tuple(self.numeric))
+        object.__setattr__(self, "oov_ids", dict(self.oov_ids))
+        for name, oov in self.oov_ids.items():
+            if name not in self.categorical or not 0 <= oov < int(self.categorical[name]):
+                raise ValueError(f"context oov_ids: {name!r} -> {oov} is not an id of a "
+                                 "categorical context feature")
         for name, size in self.categorical.items():
             if int(size) < 1:
                 raise ValueError(f"context feature {name!r}: vocabulary size must be >= 1, got {size}")
@@ -51,11 +59,17 @@ class ContextSpec:
 
 
 class ContextEncoder(tf.keras.layers.Layer):
-    """Context rows [U, n_context] (ids and values as float32) -> conditioning [U, d]."""
+    """Context rows [U, n_context] (ids and values as float32) -> conditioning [U, d].
 
-    def __init__(self, context: ContextSpec, **kwargs):
+    `constant`: a learned constant leads every conditioning vector (the full generator's
+    anchor). Pooled generators take none: their conditioning must be zero for a context
+    that carries no information (an out-of-vocabulary id, a numeric value of 0).
+    """
+
+    def __init__(self, context: ContextSpec, constant: bool = True, **kwargs: object):
         super().__init__(**kwargs)
         self.context = context
+        self.has_constant = constant
         self.embeddings = {
             name: tf.keras.layers.Embedding(
                 int(size), context.embedding_dim, name=f"embed_{_safe(name)}",
@@ -64,27 +78,57 @@ class ContextEncoder(tf.keras.layers.Layer):
         }
         # A learned constant part of every conditioning vector: the whole of it for a static
         # hypernetwork; with contexts it keeps the vector non-zero (a numeric context of 0).
-        self.constant = self.add_weight(
-            name="static_embedding", shape=(1, context.embedding_dim),
-            initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
+        if constant:
+            self.constant = self.add_weight(
+                name="static_embedding", shape=(1, context.embedding_dim),
+                initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
 
     def call(self, rows: tf.Tensor | None) -> tf.Tensor:
-        if self.context.is_static:
-            return self.constant
-        parts = [tf.tile(self.constant, [tf.shape(rows)[0], 1])]
+        if rows is None or self.context.is_static:
+            return self.constant if self.has_constant else tf.zeros([1, 0])
+        parts = [tf.tile(self.constant, [tf.shape(rows)[0], 1])] if self.has_constant else []
         for i, name in enumerate(self.context.names):
             column = rows[:, i]
             if name in self.embeddings:
-                parts.append(self.embeddings[name](tf.cast(column, tf.int32)))
+                ids = tf.cast(column, tf.int32)
+                parts.append(self._embed(name, ids))
             else:
                 parts.append(column[:, None])
         return tf.concat(parts, axis=-1)
+
+    def _embed(self, name: str, ids: tf.Tensor) -> tf.Tensor:
+        vectors = self.embeddings[name](ids)
+        if name not in self.context.oov_ids:
+            return vectors
+        keep = tf.cast(tf.not_equal(ids, self.context.oov_ids[name]), vectors.dtype)
+        return vectors * keep[:, None]
+
+    def pooling_rows(self) -> tf.Tensor:
+        """[R, d]: every context value's conditioning on its own (others' parts zero).
+
+        Categorical: each vocabulary id's embedding (the OOV one zero); numeric: a value
+        of 1. A pooled generator's deviation is linear in the conditioning, so the
+        deviations of these rows are what its shrinkage penalty sums over.
+        """
+        c, blocks = self.context, []
+        width = self.output_dim
+        offset = c.embedding_dim if self.has_constant else 0
+        for name in c.names:
+            if name in self.embeddings:
+                size = int(c.categorical[name])
+                vectors = self._embed(name, tf.range(size))
+                blocks.append(tf.pad(vectors, [[0, 0], [offset, width - offset - c.embedding_dim]]))
+                offset += c.embedding_dim
+            else:
+                blocks.append(tf.one_hot([offset], width))
+                offset += 1
+        return tf.concat(blocks, axis=0) if blocks else tf.zeros([0, width])
 
     @property
     def output_dim(self) -> int:
         """d: the constant part, one embedding per categorical feature, one value per numeric."""
         c = self.context
-        return c.embedding_dim * (1 + len(c.categorical)) + len(c.numeric)
+        return c.embedding_dim * (int(self.has_constant) + len(c.categorical)) + len(c.numeric)
 
 
 def _safe(name: str) -> str:

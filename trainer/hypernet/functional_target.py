@@ -35,8 +35,8 @@ def apply_shared(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
     for layer in range(spec.num_layers):
         h = tf.matmul(h, params[2 * layer][0]) + params[2 * layer + 1][0]
         if layer < spec.num_layers - 1:
-            h = _activation(spec.activation)(h)
-    return h if return_logits else _activation(spec.head)(h)
+            h = activation(spec.activation)(h)
+    return h if return_logits else activation(spec.head)(h)
 
 
 def apply_indexed(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
@@ -50,8 +50,8 @@ def apply_indexed(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
     for layer in range(spec.num_layers):
         h = _per_context_dense(h, params[2 * layer], params[2 * layer + 1], index)
         if layer < spec.num_layers - 1:
-            h = _activation(spec.activation)(h)
-    return h if return_logits else _activation(spec.head)(h)
+            h = activation(spec.activation)(h)
+    return h if return_logits else activation(spec.head)(h)
 
 
 def apply_partitioned(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor],
@@ -69,9 +69,9 @@ def apply_partitioned(spec: TargetSpec, x: tf.Tensor, params: Sequence[tf.Tensor
         biases = tf.unstack(params[2 * layer + 1], num=contexts)
         parts = [tf.matmul(h, k) + b for h, k, b in zip(parts, kernels, biases)]
         if layer < spec.num_layers - 1:
-            parts = [_activation(spec.activation)(h) for h in parts]
+            parts = [activation(spec.activation)(h) for h in parts]
     h = tf.dynamic_stitch(positions, parts)
-    return h if return_logits else _activation(spec.head)(h)
+    return h if return_logits else activation(spec.head)(h)
 
 
 def _per_context_dense(h: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
@@ -103,7 +103,7 @@ def target_preactivations(
     for layer in range(spec.num_layers):
         z = tf.matmul(h, params[2 * layer][0]) + params[2 * layer + 1][0]
         out.append(z)
-        h = _activation(spec.activation)(z)
+        h = activation(spec.activation)(z)
     return out
 
 
@@ -120,5 +120,5 @@ _ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
-def _activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
+def activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
     return _ACTIVATIONS[name]

@@ -4,7 +4,8 @@ Why a registry: the way conditioning becomes weights is the design choice most w
 varying (one dense head, low-rank factors, shared weights plus a per-context
 deviation, ...). Every kind is a `ParameterGenerator` with one contract, so the
 composite model, materialization and export never depend on which kind is in use;
-`GeneratorConfig.kind` picks one from `GENERATOR_KINDS` and `make_generator` builds it.
+`GeneratorConfig.kind` picks one from `kinds.GENERATOR_KINDS` and `kinds.make_generator`
+builds it. The pooled kinds ("film", "lowrank") live in pooled.py.
 
 Kind "full" (`FullGenerator`) maps the conditioning to all `TargetSpec.num_params`
 parameters, either with one dense head or with chunks (Ha et al. 2016; von Oswald et
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -44,7 +46,11 @@ class GeneratorConfig:
     # L2 penalty on the head's kernel, through which the conditioning reaches the weights:
     # it shrinks each context's generated weights toward shared ones (the head's bias).
     head_l2: float = 0.0
-    kind: str = "full"  # a key of GENERATOR_KINDS
+    kind: str = "full"  # a key of kinds.GENERATOR_KINDS
+    rank: int = 4  # kind "lowrank": the rank of each kernel's deviation
+    # Pooled kinds: the loss adds shrinkage * sum over contexts of |deviation|^2. As
+    # lambda / N (N training examples) it is a Gaussian prior on each group's deviation.
+    shrinkage: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trunk_units", tuple(int(u) for u in self.trunk_units))
@@ -56,9 +62,15 @@ class GeneratorConfig:
             raise ValueError(f"generator init {self.init!r} unknown; choose one of {INITS}")
         if self.head_l2 < 0:
             raise ValueError(f"generator head_l2 must be >= 0, got {self.head_l2}")
+        from trainer.hypernet.kinds import GENERATOR_KINDS  # the registry imports this module
+
         if self.kind not in GENERATOR_KINDS:
             raise ValueError(f"generator kind {self.kind!r} unknown; "
                              f"choose one of {sorted(GENERATOR_KINDS)}")
+        if self.rank < 1:
+            raise ValueError(f"generator rank must be >= 1, got {self.rank}")
+        if self.shrinkage < 0:
+            raise ValueError(f"generator shrinkage must be >= 0, got {self.shrinkage}")
 
 
 class ParameterGenerator(tf.keras.layers.Layer):
@@ -67,13 +79,19 @@ class ParameterGenerator(tf.keras.layers.Layer):
     Row u of the output is the target's whole parameter vector for conditioning row u,
     flattened in `TargetSpec.params()` order (`functional_target.split_params` cuts it).
     A kind owns only its own variables; it is built as `Kind(spec, config, name=...)`.
-    Extension points for kinds to come: a regularisation term goes through Keras's own
-    losses (a kernel regularizer, or `self.add_loss` in `call`), which the composite
-    model's `losses` and `fit` already collect; a kind that needs more than the
-    conditioning (the context ids, say) widens `call` with a keyword argument.
+    Two optional parts of the contract:
+    - `pooled`: the parameters are shared ones plus `deviation(conditioning)`, which is
+      zero for zero conditioning; the encoder then gives no constant part and an
+      out-of-vocabulary context zero conditioning, and the composite model shrinks
+      every context's deviation (`GeneratorConfig.shrinkage`).
+    - `applies_directly`: `apply_direct(x, conditioning, index)` runs the target on a
+      batch without building each context's full parameter set (a plain MLP's work).
     """
 
-    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs):
+    pooled = False
+    applies_directly = False
+
+    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs: Any):
         super().__init__(**kwargs)
         self.spec = spec
         self.config = config
@@ -81,12 +99,19 @@ class ParameterGenerator(tf.keras.layers.Layer):
     def call(self, conditioning: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement call(conditioning)")
 
+    def deviation(self, conditioning: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} is not a pooled kind")
+
+    def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
+                     return_logits: bool = False) -> tf.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not apply directly")
+
     @property
     def num_generator_params(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.trainable_variables))
 
 
-def hyperfan_in_scale(spec: TargetSpec) -> np.ndarray:
+def hyperfan_in_scale(spec: TargetSpec) -> np.ndarray[Any, np.dtype[np.float32]]:
     """Per-parameter standard deviation of the generated target, flattened in spec order."""
     parts = []
     for p in spec.params():
@@ -98,7 +123,7 @@ def hyperfan_in_scale(spec: TargetSpec) -> np.ndarray:
 class FullGenerator(ParameterGenerator):
     """Kind "full": a trunk, a LayerNorm and a head emitting every parameter (or chunk)."""
 
-    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs):
+    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs: Any):
         super().__init__(spec, config, **kwargs)
         self.trunk = [
             tf.keras.layers.Dense(u, activation="relu", name=f"trunk_{i}")
@@ -108,7 +133,7 @@ class FullGenerator(ParameterGenerator):
         width = config.chunk_size or spec.num_params
         if config.init == "hyperfan_in":
             # Unit-variance output: the normalised trunk output has mean square 1.
-            head_init = _UnitOutputNormal()
+            head_init: tf.keras.initializers.Initializer | str = _UnitOutputNormal()
             self.scale = tf.constant(hyperfan_in_scale(spec))
         else:
             head_init = "glorot_uniform"
@@ -143,19 +168,8 @@ class FullGenerator(ParameterGenerator):
 class _UnitOutputNormal(tf.keras.initializers.Initializer):
     """N(0, 1/fan_in): unit output variance for inputs of mean square 1."""
 
-    def __call__(self, shape, dtype=None, **kwargs):
+    def __call__(self, shape: Any, dtype: Any = None, **kwargs: Any) -> tf.Tensor:
         return tf.random.normal(shape, stddev=1.0 / math.sqrt(shape[0]), dtype=dtype or tf.float32)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {}
-
-
-GENERATOR_KINDS: dict[str, type[ParameterGenerator]] = {"full": FullGenerator}
-
-
-def make_generator(kind: str, spec: TargetSpec, config: GeneratorConfig,
-                   name: str = "weight_generator") -> ParameterGenerator:
-    """A new generator of the registered `kind` for `spec`, configured by `config`."""
-    if kind not in GENERATOR_KINDS:
-        raise ValueError(f"unknown generator kind {kind!r}; known kinds: {sorted(GENERATOR_KINDS)}")
-    return GENERATOR_KINDS[kind](spec, config, name=name)

@@ -15,14 +15,16 @@ Keras model with identical outputs (trainer/hypernet/materialize.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from trainer.hypernet.context import ContextEncoder, ContextSpec
 from trainer.hypernet.functional_target import apply_indexed, apply_partitioned, split_params
-from trainer.hypernet.generator import GeneratorConfig, make_generator
+from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.keras_env import GraphModel, require_legacy_keras
+from trainer.hypernet.kinds import make_generator
 from trainer.hypernet.target_spec import TargetSpec
 
 FEATURES = "features"
@@ -39,16 +41,19 @@ class HyperNetwork(GraphModel):
         target: TargetSpec,
         context: ContextSpec,
         generator: GeneratorConfig | None = None,
-        **kwargs,
+        **kwargs: Any,
     ):
         require_legacy_keras()
         super().__init__(**kwargs)
         self.target = target
         self.context = context
         self.generator_config = generator or GeneratorConfig()
-        self.encoder = ContextEncoder(context, name="context_encoder")
         self.generator = make_generator(self.generator_config.kind, target,
                                         self.generator_config, name="weight_generator")
+        self.encoder = ContextEncoder(context, constant=not self.generator.pooled,
+                                      name="context_encoder")
+        if self.generator.pooled and self.generator_config.shrinkage and not context.is_static:
+            self.add_loss(self.pooling_penalty)  # a callable: read at every training step
 
     # -- context handling -------------------------------------------------
     def context_rows(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
@@ -73,36 +78,49 @@ class HyperNetwork(GraphModel):
         bound = self.context.max_distinct
         return bound is not None and not self.context.is_static and bound <= PARTITION_LIMIT
 
-    def generate_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        """(flat parameters [U, num_params], index [B] into them): U is every possible
-        context when they are few, else the batch's distinct contexts."""
+    def conditioning_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """(conditioning [U, d], index [B] into it): U is every possible context when they
+        are few, else the batch's distinct contexts (1 for a static hypernetwork)."""
         rows = self.context_rows(inputs)
         if rows is None:
             batch = tf.shape(inputs[FEATURES])[0]
-            return self.generator(self.encoder(None)), tf.zeros([batch], tf.int32)
+            return self.encoder(None), tf.zeros([batch], tf.int32)
         if self.enumerates_contexts:
             sizes = [int(self.context.categorical[n]) for n in self.context.names]
             every = np.indices(sizes).reshape(len(sizes), -1).T  # row-major: id = flat index
             strides = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.float32)
             index = tf.cast(tf.linalg.matvec(rows, tf.constant(strides)), tf.int32)
-            return self.generator(self.encoder(tf.constant(every, tf.float32))), index
+            return self.encoder(tf.constant(every, tf.float32)), index
         unique, index = tf.raw_ops.UniqueV2(x=rows, axis=tf.constant([0], tf.int64),
                                             out_idx=tf.int32)
-        return self.generator(self.encoder(unique)), index
+        return self.encoder(unique), index
+
+    def generate_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """(flat parameters [U, num_params], index [B] into them), as conditioning_for_batch."""
+        conditioning, index = self.conditioning_for_batch(inputs)
+        return self.generator(conditioning), index
+
+    def pooling_penalty(self) -> tf.Tensor:
+        """shrinkage * the sum over every context value of its squared deviation."""
+        deviations = self.generator.deviation(self.encoder.pooling_rows())
+        return self.generator_config.shrinkage * tf.reduce_sum(tf.square(deviations))
 
     def call(self, inputs: Mapping[str, tf.Tensor], return_logits: bool = False) -> tf.Tensor:
-        flat, index = self.generate_for_batch(inputs)
         x = tf.cast(inputs[FEATURES], tf.float32)
+        if self.generator.applies_directly:
+            conditioning, index = self.conditioning_for_batch(inputs)
+            return self.generator.apply_direct(x, conditioning, index, return_logits)
+        flat, index = self.generate_for_batch(inputs)
         params = split_params(self.target, flat)
         if self.enumerates_contexts:
-            return apply_partitioned(self.target, x, params, index, self.context.max_distinct,
-                                     return_logits)
+            return apply_partitioned(self.target, x, params, index,
+                                     int(self.context.max_distinct or 1), return_logits)
         # Distinct contexts of the batch; a static hypernetwork too (one set, index all 0):
         # apply_shared would compute the same, but not with the same ops, bit for bit.
         return apply_indexed(self.target, x, params, index, return_logits)
 
     # -- one context at a time (trainer/hypernet/materialize.py) ------------
-    def generated_weights(self, context: Mapping[str, float] | None = None) -> list[np.ndarray]:
+    def generated_weights(self, context: Mapping[str, float] | None = None) -> list[Any]:
         """The target's parameter tensors for one context, in `get_weights()` order."""
         from trainer.hypernet.materialize import generated_weights
 

@@ -7,7 +7,8 @@ with the TFT layer fails far from the cause. Fail here, early and clearly.
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import tensorflow as tf
 
@@ -27,22 +28,27 @@ def require_legacy_keras() -> None:
 # AutoGraph's source rewriting. Left on, it transpiles our layers and Keras's own step,
 # loss, metric and optimizer code at every trace: most of the Trainer's first epoch and of
 # each SavedModel export (bench/pipeline_vs_template.py times the components).
-without_autograph = tf.autograph.experimental.do_not_convert
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def without_autograph(fn: _F) -> _F:
+    """`fn` traced as written, never rewritten by AutoGraph."""
+    return cast(_F, tf.autograph.experimental.do_not_convert(fn))
 
 
 class GraphModel(tf.keras.Model):
     """A Keras model whose fit/evaluate/predict steps (and all they call) skip AutoGraph."""
 
     @without_autograph
-    def train_step(self, data):
+    def train_step(self, data: Any) -> Any:
         return super().train_step(data)
 
     @without_autograph
-    def test_step(self, data):
+    def test_step(self, data: Any) -> Any:
         return super().test_step(data)
 
     @without_autograph
-    def predict_step(self, data):
+    def predict_step(self, data: Any) -> Any:
         return super().predict_step(data)
 
 

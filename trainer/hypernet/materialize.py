@@ -9,8 +9,8 @@ order) is the one place the library produces a model of the target's own.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from trainer.hypernet.functional_target import split_params
@@ -30,7 +30,7 @@ def build_target_model(spec: TargetSpec, name: str = "target_network") -> tf.ker
 
 
 def generated_weights(hyper: HyperNetwork,
-                      context: Mapping[str, float] | None = None) -> list[np.ndarray]:
+                      context: Mapping[str, float] | None = None) -> list[Any]:
     """`hyper`'s target parameter tensors for one context, in `get_weights()` order.
 
     `context` gives a model input per context feature of `hyper` (a categorical id, a

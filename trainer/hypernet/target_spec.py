@@ -83,7 +83,7 @@ class TargetSpec:
         return [p.shape for p in self.params()]
 
     @classmethod
-    def from_layers(cls, widths: Sequence[int], **kwargs) -> TargetSpec:
+    def from_layers(cls, widths: Sequence[int], **kwargs: str) -> TargetSpec:
         """`TargetSpec.from_layers([100, 128, 10], head="softmax")`."""
         if len(widths) < 2:
             raise ValueError("target spec: need at least input and output widths")

@@ -11,23 +11,25 @@ import tensorflow as tf
 from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.functional_target import split_params, target_preactivations
 from trainer.hypernet.generator import (
-    GENERATOR_KINDS,
     FullGenerator,
     GeneratorConfig,
     ParameterGenerator,
     hyperfan_in_scale,
-    make_generator,
 )
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.kinds import GENERATOR_KINDS, make_generator
 from trainer.hypernet.target_spec import TargetSpec
 
 # -- registry and config ------------------------------------------------------------
 
 
-def test_full_is_the_default_registered_kind():
+def test_full_is_the_library_default_and_every_kind_is_registered():
+    from pipeline.configs import GENERATORS
+
     assert GeneratorConfig().kind == "full"
     assert GENERATOR_KINDS["full"] is FullGenerator
     assert all(issubclass(k, ParameterGenerator) for k in GENERATOR_KINDS.values())
+    assert sorted(GENERATOR_KINDS) == sorted(GENERATORS)  # the config offers exactly these
 
 
 def test_make_generator_unknown_kind_names_it_and_the_known_ones():

@@ -1,0 +1,140 @@
+"""Pooled generators ("film", "lowrank"): shared network + a shrunk per-context deviation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.unit.hypernet.support import CONTEXTS, HEADS, batch, example_context, perturb
+from trainer.hypernet.context import ContextSpec
+from trainer.hypernet.functional_target import apply_indexed, split_params
+from trainer.hypernet.generator import GeneratorConfig
+from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.target_spec import TargetSpec
+
+KINDS = ("film", "lowrank")
+WITH_OOV = ContextSpec(categorical={"cat": 5}, oov_ids={"cat": 4})
+
+
+def build(kind: str, context: ContextSpec, head: str = "sigmoid", shrinkage: float = 0.0,
+          seed: int = 0, perturbed: bool = True) -> HyperNetwork:
+    output_dim, activation = HEADS[head]
+    spec = TargetSpec(5, (6, 4), output_dim, activation=activation, head=head)
+    tf.keras.utils.set_random_seed(seed)
+    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, rank=2, shrinkage=shrinkage))
+    model(batch(context, spec.input_dim))
+    if perturbed:
+        perturb(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("context_kind", ["categorical", "numeric", "mixed", "static"])
+@pytest.mark.parametrize("head", ["sigmoid", "softmax", "linear"])
+def test_materialized_target_gives_the_hypernetworks_outputs(kind, context_kind, head):
+    context = CONTEXTS[context_kind]
+    model = build(kind, context, head)
+    inputs = batch(context, model.target.input_dim)
+    out = model(inputs).numpy()
+    for i in range(len(out)):
+        target = model.materialize(example_context(inputs, context, i))
+        np.testing.assert_allclose(target(inputs[FEATURES][i:i + 1]).numpy()[0], out[i],
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_direct_application_equals_the_generated_parameters(kind):
+    """apply_direct (the training path) and the flat parameters (materialization) agree."""
+    model = build(kind, CONTEXTS["mixed"])
+    inputs = batch(model.context, model.target.input_dim)
+    flat, index = model.generate_for_batch(inputs)
+    generic = apply_indexed(model.target, inputs[FEATURES], split_params(model.target, flat), index)
+    np.testing.assert_allclose(model(inputs).numpy(), generic.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_out_of_vocabulary_context_gets_exactly_the_shared_network(kind):
+    model = build(kind, WITH_OOV)
+    shared = [v.numpy() for v in model.generator.shared]
+    oov = model.generated_weights({"cat": 4})
+    for got, want in zip(oov, shared):
+        np.testing.assert_array_equal(got, want)
+    # ... and its outputs are the shared network's, while a known context's differ.
+    x = tf.random.stateless_normal([7, 5], seed=[1, 2])
+    plain = model.materialize({"cat": 4})
+    for w, value in zip(plain.weights, shared):
+        w.assign(value)
+    np.testing.assert_allclose(model({FEATURES: x, "cat": tf.fill([7], 4)}).numpy(),
+                               plain(x).numpy(), atol=1e-6)
+    assert not np.allclose(model({FEATURES: x, "cat": tf.fill([7], 1)}).numpy(), plain(x).numpy())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_at_init_every_context_is_the_he_initialised_shared_network(kind):
+    context = ContextSpec(categorical={"cat": 3})
+    spec = TargetSpec(400, (300,), 1)
+    tf.keras.utils.set_random_seed(5)
+    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, rank=2))
+    weights = [model.generated_weights({"cat": c}) for c in range(3)]
+    for w in weights[1:]:
+        for a, b in zip(w, weights[0]):
+            np.testing.assert_array_equal(a, b)
+    kernel, bias, out_kernel, _ = weights[0]
+    assert kernel.var() == pytest.approx(2.0 / 400, rel=0.05)  # He: relu gain 2 / fan_in
+    assert out_kernel.var() == pytest.approx(1.0 / 300, rel=0.2)  # LeCun at the head
+    assert np.all(bias == 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_variable_gets_a_gradient(kind):
+    model = build(kind, CONTEXTS["mixed"], shrinkage=0.1, perturbed=False)
+    inputs = batch(model.context, model.target.input_dim)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(inputs)) + tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    names = [v.name for v, g in zip(model.trainable_variables, grads)
+             if g is None or not np.any(tf.convert_to_tensor(g).numpy())]
+    # At init the deviations are zero: the embeddings' gradient flows through the zero
+    # deviation map only once it moves, and the zero-initialised map learns from step 1.
+    assert all("embed" in n for n in names), names
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_penalty_is_shrinkage_times_every_contexts_squared_deviation(kind):
+    model = build(kind, WITH_OOV, shrinkage=0.25)
+    [penalty] = model.losses
+    deviations = []
+    for cat in range(5):
+        flat, _ = model.generate_for_batch({FEATURES: tf.zeros([1, 5]), "cat": tf.constant([cat])})
+        deviations.append(model.generator.deviation(model.encoder(tf.constant([[float(cat)]]))))
+    expected = 0.25 * sum(float(tf.reduce_sum(tf.square(d))) for d in deviations)
+    assert float(penalty) == pytest.approx(expected, rel=1e-5)
+    assert float(tf.reduce_sum(tf.square(deviations[4]))) == 0.0  # the OOV id: no deviation
+
+
+def test_shrinkage_pulls_a_small_groups_network_to_the_shared_one():
+    """A group of 800 examples and one of 8 with the opposite rule. Under shrinkage the
+    small group's network stays near the shared one (far nearer than without); the large
+    group's rule is still fitted."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(808, 3)).astype(np.float32)
+    group = np.array([0] * 800 + [1] * 8)
+    y = np.where(group == 0, x[:, 0], -x[:, 0]).astype(np.float32)[:, None]
+    context = ContextSpec(categorical={"g": 3}, oov_ids={"g": 2})
+    probe = tf.constant(rng.normal(size=(200, 3)).astype(np.float32))
+    distance, large_group_mse = {}, {}
+    for shrinkage in (0.0, 20.0 / len(x)):
+        tf.keras.utils.set_random_seed(0)
+        model = HyperNetwork(TargetSpec(3, (8,), 1, head="linear"), context,
+                             GeneratorConfig(kind="film", shrinkage=shrinkage))
+        model.compile(tf.keras.optimizers.Adam(0.01), "mse")
+        model.fit({FEATURES: x, "g": group}, y, batch_size=64, epochs=40, verbose=0)
+
+        def predict(g, inputs=probe, model=model):
+            return model({FEATURES: inputs, "g": tf.fill([len(inputs)], g)}).numpy()
+
+        distance[shrinkage] = float(np.mean(np.abs(predict(1) - predict(2))))  # 2: shared
+        large_group_mse[shrinkage] = float(np.mean((predict(0) - probe.numpy()[:, :1]) ** 2))
+    assert distance[20.0 / len(x)] < 0.5 * distance[0.0]
+    assert large_group_mse[20.0 / len(x)] < 0.05

@@ -1,0 +1,162 @@
+"""Partial pooling: generated weights = shared weights + a shrunk, context-specific deviation.
+
+Why: a hypernetwork earns its place on data whose rule differs between groups, some
+large and many small. Generating every weight from the context lets each group fit
+its own network and over-fit the small ones. Here, as in a mixed-effects model, every
+context starts from one shared target network (its own variables, He-initialised) and
+moves away from it by a deviation that is a linear function of its conditioning:
+- an out-of-vocabulary or unseen context has zero conditioning, so it gets exactly the
+  shared network;
+- the composite model adds `shrinkage * sum over contexts of |deviation|^2` to the
+  loss (with shrinkage = lambda / N, a Gaussian prior on each group's deviation), so a
+  context with few examples stays near the shared network and a large one moves freely.
+
+Kinds (GeneratorConfig.kind):
+- "film": per hidden unit, a scale and a shift of the shared network's pre-activation
+  (FiLM; PEPNet, KDD 2023; STAR, CIKM 2021), and a per-context deviation of the output
+  layer: random intercepts and slopes on the last hidden features.
+- "lowrank": every layer's kernel W0 + A(c) B(c)^T of rank `rank`, and a bias deviation
+  (APG, NeurIPS 2022).
+Both apply directly to a batch (gathering each example's few deviation numbers) and
+also emit full parameter vectors, for materialization.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow as tf
+
+from trainer.hypernet.functional_target import activation
+from trainer.hypernet.generator import GeneratorConfig, ParameterGenerator
+from trainer.hypernet.target_spec import TargetSpec
+
+
+class PooledGenerator(ParameterGenerator):
+    """Shared target variables plus a bias-free linear map: conditioning -> deviation."""
+
+    pooled = True
+    applies_directly = True
+
+    def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs: object):
+        super().__init__(spec, config, **kwargs)
+        self.shared = []
+        for p in spec.params():
+            last = p.name.startswith(f"dense_{spec.num_layers - 1}/")
+            std = math.sqrt((1.0 if last else spec.gain) / p.fan_in)
+            init = "zeros" if p.is_bias else tf.keras.initializers.RandomNormal(stddev=std)
+            self.shared.append(self.add_weight(name=f"shared/{p.name}", shape=p.shape,
+                                               initializer=init))
+        self.sizes = self.deviation_sizes()
+        self.to_deviation = tf.keras.layers.Dense(
+            sum(self.sizes), use_bias=False, name="deviation",
+            kernel_initializer=self.deviation_initializer())
+
+    # -- what a kind defines -------------------------------------------------------------
+    def deviation_sizes(self) -> list[int]:
+        raise NotImplementedError
+
+    def deviation_initializer(self) -> tf.keras.initializers.Initializer:
+        """Zero: every context starts as the shared network."""
+        return tf.keras.initializers.Zeros()
+
+    # -- the contract ----------------------------------------------------------------
+    def deviation(self, conditioning: tf.Tensor) -> tf.Tensor:
+        """[U, d] -> [U, D]: zero for zero conditioning (the shared network)."""
+        return self.to_deviation(conditioning)
+
+    def parts(self, conditioning: tf.Tensor) -> list[tf.Tensor]:
+        return list(tf.split(self.deviation(conditioning), self.sizes, axis=-1))
+
+
+class FilmGenerator(PooledGenerator):
+    """Kind "film": per-unit scale and shift of each hidden layer, and a deviation of the
+    output layer (its kernel and bias) per context."""
+
+    def deviation_sizes(self) -> list[int]:
+        s = self.spec
+        last_in = s.layer_widths[-2]
+        return [2 * u for u in s.hidden_units] + [last_in * s.output_dim + s.output_dim]
+
+    def call(self, conditioning: tf.Tensor) -> tf.Tensor:
+        """Flat parameters [U, num_params]: the scales folded into the shared kernels."""
+        s, parts, flat = self.spec, self.parts(conditioning), []
+        for layer, units in enumerate(s.hidden_units):
+            gamma, beta = tf.split(parts[layer], 2, axis=-1)
+            kernel, bias = self.shared[2 * layer], self.shared[2 * layer + 1]
+            flat.append(tf.reshape(kernel[None] * (1.0 + gamma)[:, None, :], [-1, kernel.shape[0] * units]))
+            flat.append(bias[None] * (1.0 + gamma) + beta)
+        d_kernel, d_bias = self._output_deviation(parts[-1])
+        flat.append(tf.reshape(self.shared[-2][None] + d_kernel, [-1, self.shared[-2].shape.num_elements()]))
+        flat.append(self.shared[-1][None] + d_bias)
+        return tf.concat(flat, axis=-1)
+
+    def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
+                     return_logits: bool = False) -> tf.Tensor:
+        s, parts, h = self.spec, self.parts(conditioning), x
+        for layer in range(len(s.hidden_units)):
+            gamma, beta = tf.split(tf.gather(parts[layer], index), 2, axis=-1)
+            z = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1]
+            h = activation(s.activation)(z * (1.0 + gamma) + beta)
+        d_kernel, d_bias = self._output_deviation(tf.gather(parts[-1], index))
+        z = (tf.matmul(h, self.shared[-2]) + self.shared[-1]
+             + tf.einsum("bi,bio->bo", h, d_kernel) + d_bias)
+        return z if return_logits else activation(s.head)(z)
+
+    def _output_deviation(self, part: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        last_in, out = self.spec.layer_widths[-2], self.spec.output_dim
+        d_kernel, d_bias = tf.split(part, [last_in * out, out], axis=-1)
+        return tf.reshape(d_kernel, [-1, last_in, out]), d_bias
+
+
+class LowRankGenerator(PooledGenerator):
+    """Kind "lowrank": each kernel W0 + A(c) B(c)^T of rank `config.rank`, each bias b0 + d(c)."""
+
+    def deviation_sizes(self) -> list[int]:
+        r, widths = self.config.rank, self.spec.layer_widths
+        return [n for fan_in, fan_out in zip(widths[:-1], widths[1:])
+                for n in (fan_in * r, fan_out * r, fan_out)]
+
+    def deviation_initializer(self) -> Any:
+        """A random, B and the bias deviation zero: A B^T = 0, yet B gets gradients."""
+        sizes, r = self.sizes, self.config.rank
+        fan_ins = self.spec.layer_widths[:-1]
+
+        def init(shape: tuple[int, ...], dtype: tf.DType | None = None, **_: object) -> tf.Tensor:
+            columns = []
+            for layer in range(len(fan_ins)):
+                a, b, bias = sizes[3 * layer: 3 * layer + 3]
+                std = 1.0 / math.sqrt(max(1, shape[0]) * r)
+                columns += [tf.random.normal([shape[0], a], stddev=std),
+                            tf.zeros([shape[0], b + bias])]
+            return tf.cast(tf.concat(columns, axis=1), dtype or tf.float32)
+
+        return init
+
+    def factors(self, parts: list[tf.Tensor], layer: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(A [U, in, r], B [U, out, r], bias deviation [U, out]) of one layer."""
+        fan_in, fan_out = self.spec.layer_widths[layer], self.spec.layer_widths[layer + 1]
+        a, b, bias = parts[3 * layer: 3 * layer + 3]
+        r = self.config.rank
+        return tf.reshape(a, [-1, fan_in, r]), tf.reshape(b, [-1, fan_out, r]), bias
+
+    def call(self, conditioning: tf.Tensor) -> tf.Tensor:
+        parts, flat = self.parts(conditioning), []
+        for layer in range(self.spec.num_layers):
+            a, b, d_bias = self.factors(parts, layer)
+            kernel = self.shared[2 * layer][None] + tf.einsum("uir,uor->uio", a, b)
+            flat.append(tf.reshape(kernel, [tf.shape(kernel)[0], -1]))
+            flat.append(self.shared[2 * layer + 1][None] + d_bias)
+        return tf.concat(flat, axis=-1)
+
+    def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
+                     return_logits: bool = False) -> tf.Tensor:
+        s, parts, h = self.spec, self.parts(conditioning), x
+        for layer in range(s.num_layers):
+            a, b, d_bias = (tf.gather(t, index) for t in self.factors(parts, layer))
+            low = tf.einsum("br,bor->bo", tf.einsum("bi,bir->br", h, a), b)
+            h = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1] + low + d_bias
+            if layer < s.num_layers - 1:
+                h = activation(s.activation)(h)
+        return h if return_logits else activation(s.head)(h)
