@@ -146,6 +146,9 @@ class ConfiguredHyperModel(GraphModel):
                                   generator_config(config, pooling, train_examples),
                                   name="hypernetwork")
 
+    def set_output_affine(self, scale: float, shift: float) -> None:
+        self.hyper.set_output_affine(scale, shift)
+
     def hyper_inputs(self, transformed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         inputs = {FEATURES: self.assembler(transformed)}
         for raw in self.context_names:
@@ -157,20 +160,32 @@ class ConfiguredHyperModel(GraphModel):
 
 
 class PlainMLP(GraphModel):
-    """The reference: the same target architecture, context one-hot encoded as ordinary input."""
+    """The reference: the same target architecture, context one-hot encoded as ordinary input.
 
-    def __init__(self, config: PipelineConfig, layout: ModelLayout, **kwargs):
+    `l2`: on every kernel (the benchmarks give it a fair regulariser). A regression output
+    is standardised as the hypernetwork's is (set_output_affine).
+    """
+
+    def __init__(self, config: PipelineConfig, layout: ModelLayout, l2: float = 0.0,
+                 **kwargs: Any):
         require_legacy_keras()
         super().__init__(**kwargs)
         plain = dataclasses.replace(config, context=())
         spec = target_spec(plain, layout)
+        regularizer = tf.keras.regularizers.L2(l2) if l2 else None
         self.assembler = FeatureAssembler(plain, layout, name="feature_assembler")
-        self.dense = [tf.keras.layers.Dense(u, activation=spec.activation)
+        self.dense = [tf.keras.layers.Dense(u, activation=spec.activation,
+                                            kernel_regularizer=regularizer)
                       for u in spec.hidden_units]
-        self.dense.append(tf.keras.layers.Dense(spec.output_dim, activation=spec.head))
+        self.dense.append(tf.keras.layers.Dense(spec.output_dim, activation=spec.head,
+                                                kernel_regularizer=regularizer))
+        self.output_affine = tf.Variable([1.0, 0.0], trainable=False, name="output_affine")
+
+    def set_output_affine(self, scale: float, shift: float) -> None:
+        self.output_affine.assign([scale, shift])
 
     def call(self, transformed: dict[str, tf.Tensor]) -> tf.Tensor:
         h = self.assembler(transformed)
         for layer in self.dense:
             h = layer(h)
-        return h
+        return self.output_affine[1] + self.output_affine[0] * h

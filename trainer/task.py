@@ -9,12 +9,14 @@ The exported SavedModel has two signatures:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -85,11 +87,32 @@ def _record_files(file_pattern: str | list[str]) -> tuple[list[str], str]:
     return files, "GZIP" if all(f.endswith(".gz") for f in files) else ""
 
 
-def count_examples(file_pattern: str | list[str]) -> int:
-    """Records in the files, read without parsing (1.5M taxi rows: a few seconds)."""
+@dataclasses.dataclass(frozen=True)
+class LabelStats:
+    """The train split's size and label moments: the budget, the prior's scale and, for
+    regression, the standardisation of what the target network predicts."""
+
+    count: int
+    mean: float
+    variance: float
+
+
+def label_stats(file_pattern: str | list[str], tft_output: tft.TFTransformOutput,
+                config: PipelineConfig) -> LabelStats:
+    """One pass over the split parsing only the label (1.5M taxi rows: a few seconds)."""
     files, compression = _record_files(file_pattern)
-    records = tf.data.TFRecordDataset(files, compression, num_parallel_reads=tf.data.AUTOTUNE)
-    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    spec = {config.label.name: tft_output.transformed_feature_spec()[config.label.name]}
+    labels = tf.data.TFRecordDataset(files, compression, num_parallel_reads=tf.data.AUTOTUNE
+                                     ).batch(4096).map(
+        lambda r: tf.cast(tf.io.parse_example(r, spec)[config.label.name], tf.float64))
+    zero = tf.constant(0.0, tf.float64)
+    n, total, squares = labels.reduce((zero, zero, zero), lambda acc, y: (
+        acc[0] + tf.cast(tf.size(y), tf.float64), acc[1] + tf.reduce_sum(y),
+        acc[2] + tf.reduce_sum(tf.square(y))))
+    count = int(n)
+    mean = float(total) / max(count, 1)
+    variance = max(float(squares) / max(count, 1) - mean * mean, 0.0)
+    return LabelStats(count, mean, variance)
 
 
 def steps_per_epoch(config: PipelineConfig, train_examples: int) -> int:
@@ -183,6 +206,52 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_and_export(fn_args)
 
 
+def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
+                     train_files: str | list[str], eval_files: str | list[str],
+                     strategy: tf.distribute.Strategy | None = None,
+                     base_model: str | None = None, log_dir: str | None = None,
+                     build: Callable[[float, int], tf.keras.Model] | None = None,
+                     ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
+    """The trained model and its history: one model per `model.pooling` strength, each
+    seeded alike and early-stopped on eval; the lowest eval data loss is kept.
+
+    `build(pooling, train_examples)` makes each model (default: the configured
+    hypernetwork); the benchmarks pass their anchors through the same loop.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    layout = ModelLayout.from_transform(config, tft_output)
+    if build is None:
+        def build(pooling: float, examples: int) -> tf.keras.Model:
+            return ConfiguredHyperModel(config, layout, pooling, examples, name="hyper_model")
+    train_ds = make_dataset(train_files, tft_output, config)
+    eval_ds = make_dataset(eval_files, tft_output, config, training=False)
+    stats = label_stats(train_files, tft_output, config)
+    train_examples = stats.count
+    regression = config.label.task == "regression"
+    # Regression: the target network predicts the standardised label, and the prior is
+    # in those units too (the loss is in the label's: shrinkage scales with its variance).
+    loss_scale = stats.variance if regression and stats.variance > 0 else 1.0
+    best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
+    for pooling in config.model.pooling:
+        tf.keras.utils.set_random_seed(config.training.seed)
+        with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
+            model = build(pooling * loss_scale, train_examples)
+            if regression:
+                model.set_output_affine(math.sqrt(loss_scale), stats.mean)
+            compile_model(model, config)
+            if config.training.warm_start and isinstance(model, ConfiguredHyperModel):
+                model(next(iter(train_ds))[0])  # build the variables before copying into them
+                warm_start(model.hyper, base_model, vocabulary_files(config, tft_output))
+        history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)
+        score = min(history[f"val_{DATA_LOSS}"])
+        logging.info("pooling %s: best eval %s %.6f", pooling, DATA_LOSS, score)
+        history["pooling"] = [float(pooling)]
+        if best is None or score < best[0]:
+            best = (score, model, history)
+    assert best is not None  # the config requires at least one pooling value
+    return best[1], best[2]
+
+
 def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:
     """run_fn's work; returns the trained model."""
     require_legacy_keras()
@@ -194,29 +263,9 @@ def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(config.training.seed)
     tf.config.experimental.enable_op_determinism()
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    layout = ModelLayout.from_transform(config, tft_output)
-
-    train_ds = make_dataset(fn_args.train_files, tft_output, config)
-    eval_ds = make_dataset(fn_args.eval_files, tft_output, config, training=False)
-    train_examples = count_examples(fn_args.train_files)
-    best: tuple[float, tf.keras.Model, dict] | None = None
-    for pooling in config.model.pooling:  # one model per strength; eval's data loss picks
-        tf.keras.utils.set_random_seed(config.training.seed)
-        with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
-            model = ConfiguredHyperModel(config, layout, pooling, train_examples, name="hyper_model")
-            compile_model(model, config)
-            if config.training.warm_start:
-                model(next(iter(train_ds))[0])  # build the variables before copying into them
-                warm_start(model.hyper, fn_args.base_model, vocabulary_files(config, tft_output))
-        history = train(model, config, train_ds, eval_ds, train_examples,
-                        log_dir=fn_args.model_run_dir)
-        score = min(history[f"val_{DATA_LOSS}"])
-        logging.info("pooling %s: best eval %s %.6f", pooling, DATA_LOSS, score)
-        history["pooling"] = [float(pooling)]
-        if best is None or score < best[0]:
-            best = (score, model, history)
-    assert best is not None  # the config requires at least one pooling value
-    _, model, history = best
+    model, history = fit_hypernetwork(config, tft_output, fn_args.train_files,
+                                      fn_args.eval_files, strategy, fn_args.base_model,
+                                      log_dir=fn_args.model_run_dir)
     # Free training's garbage now, in one full pass (0.5 s): left to the collector, a
     # young-generation pass landing inside the export stalled it for 7-9 s in 2 runs of 3.
     gc.collect()

@@ -66,10 +66,16 @@ def trainable_variables_under(root: Any) -> list[tf.Variable]:
     return found
 
 
-def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str) -> str | None:
-    """Set `hyper`'s variables (built) from an exported model's; None, or why not."""
+def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str,
+                              with_output_affine: bool = False) -> str | None:
+    """Set `hyper`'s variables (built) from an exported model's; None, or why not.
+
+    `with_output_affine`: also its label scaling (rebuilding that model), which a warm
+    start must not take (this run's labels set its own).
+    """
     try:
-        base_vars = trainable_variables_under(tf.saved_model.load(model_dir).hyper)
+        base = tf.saved_model.load(model_dir).hyper
+        base_vars = trainable_variables_under(base)
     except (OSError, ValueError, AttributeError) as e:
         return f"cannot read the base model at {model_dir}: {e}"
     reason = mismatch(hyper.trainable_variables, base_vars)
@@ -77,6 +83,8 @@ def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str) -> str | No
         by_key = {_key(v): v for v in base_vars}
         for variable in hyper.trainable_variables:
             variable.assign(by_key[_key(variable)])
+        if with_output_affine:
+            hyper.output_affine.assign(base.output_affine)
     return reason
 
 

@@ -62,18 +62,19 @@ class ContextEncoder(tf.keras.layers.Layer):
     """Context rows [U, n_context] (ids and values as float32) -> conditioning [U, d].
 
     `constant`: a learned constant leads every conditioning vector (the full generator's
-    anchor). Pooled generators take none: their conditioning must be zero for a context
+    anchor). `stddev`: the embeddings' initial scale. Pooled generators take none: their conditioning must be zero for a context
     that carries no information (an out-of-vocabulary id, a numeric value of 0).
     """
 
-    def __init__(self, context: ContextSpec, constant: bool = True, **kwargs: object):
+    def __init__(self, context: ContextSpec, constant: bool = True, stddev: float = 1.0,
+                 **kwargs: object):
         super().__init__(**kwargs)
         self.context = context
         self.has_constant = constant
         self.embeddings = {
             name: tf.keras.layers.Embedding(
                 int(size), context.embedding_dim, name=f"embed_{_safe(name)}",
-                embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
+                embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=stddev))
             for name, size in context.categorical.items()
         }
         # A learned constant part of every conditioning vector: the whole of it for a static

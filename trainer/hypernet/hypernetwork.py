@@ -50,10 +50,19 @@ class HyperNetwork(GraphModel):
         self.generator_config = generator or GeneratorConfig()
         self.generator = make_generator(self.generator_config.kind, target,
                                         self.generator_config, name="weight_generator")
+        # Pooled kinds: small embeddings, so deviations grow slowly from the shared network
+        # and early stopping sees the pooled fit before the per-group ones.
         self.encoder = ContextEncoder(context, constant=not self.generator.pooled,
+                                      stddev=0.1 if self.generator.pooled else 1.0,
                                       name="context_encoder")
         if self.generator.pooled and self.generator_config.shrinkage and not context.is_static:
             self.add_loss(self.pooling_penalty)  # a callable: read at every training step
+        # Regression: the target network predicts a standardised label; prediction =
+        # shift + scale * its output. Set from the training labels (set_output_affine),
+        # saved with the model, folded into the last layer when materialized.
+        self.output_affine = self.add_weight(
+            name="output_affine", shape=(2,), trainable=False,
+            initializer=tf.keras.initializers.Constant([1.0, 0.0]))
 
     # -- context handling -------------------------------------------------
     def context_rows(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
@@ -105,7 +114,19 @@ class HyperNetwork(GraphModel):
         deviations = self.generator.deviation(self.encoder.pooling_rows())
         return self.generator_config.shrinkage * tf.reduce_sum(tf.square(deviations))
 
+    def set_output_affine(self, scale: float, shift: float) -> None:
+        """prediction = shift + scale * the target's output (a linear head only)."""
+        if self.target.head != "linear":
+            raise ValueError(f"an output affine needs a linear head, not {self.target.head!r}")
+        self.output_affine.assign([scale, shift])
+
     def call(self, inputs: Mapping[str, tf.Tensor], return_logits: bool = False) -> tf.Tensor:
+        out = self._target_output(inputs, return_logits)
+        if self.target.head != "linear":
+            return out
+        return self.output_affine[1] + self.output_affine[0] * out
+
+    def _target_output(self, inputs: Mapping[str, tf.Tensor], return_logits: bool) -> tf.Tensor:
         x = tf.cast(inputs[FEATURES], tf.float32)
         if self.generator.applies_directly:
             conditioning, index = self.conditioning_for_batch(inputs)

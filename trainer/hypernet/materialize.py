@@ -46,7 +46,12 @@ def generated_weights(hyper: HyperNetwork,
     inputs = {n: tf.constant([context[n]]) for n in names}
     inputs[FEATURES] = tf.zeros([1, hyper.target.input_dim])
     flat, index = hyper.generate_for_batch(inputs)
-    return [t[int(index[0])].numpy() for t in split_params(hyper.target, flat)]
+    weights = [t[int(index[0])].numpy() for t in split_params(hyper.target, flat)]
+    if hyper.target.head == "linear":  # the output affine, folded into the last layer
+        scale, shift = hyper.output_affine.numpy()
+        weights[-2] = weights[-2] * scale
+        weights[-1] = weights[-1] * scale + shift
+    return weights
 
 
 def materialize(hyper: HyperNetwork, context: Mapping[str, float] | None = None,

@@ -138,3 +138,23 @@ def test_shrinkage_pulls_a_small_groups_network_to_the_shared_one():
         large_group_mse[shrinkage] = float(np.mean((predict(0) - probe.numpy()[:, :1]) ** 2))
     assert distance[20.0 / len(x)] < 0.5 * distance[0.0]
     assert large_group_mse[20.0 / len(x)] < 0.05
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "full"])
+def test_a_regression_scale_and_shift_reach_the_materialized_network(kind):
+    """prediction = shift + scale * output, folded into the last layer when materialized."""
+    context = CONTEXTS["categorical"]
+    spec = TargetSpec(5, (6, 4), 1, head="linear")
+    tf.keras.utils.set_random_seed(0)
+    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, trunk_units=(8,)))
+    inputs = batch(context, 5)
+    before = model(inputs).numpy()
+    model.set_output_affine(12.5, -3.0)
+    after = model(inputs).numpy()
+    np.testing.assert_allclose(after, -3.0 + 12.5 * before, rtol=1e-5, atol=1e-5)
+    for i in range(len(after)):
+        target = model.materialize(example_context(inputs, context, i))
+        np.testing.assert_allclose(target(inputs[FEATURES][i:i + 1]).numpy()[0], after[i],
+                                   rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="needs a linear head"):
+        build(kind if kind != "full" else "film", context).set_output_affine(2.0, 1.0)
