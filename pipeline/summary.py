@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     if summary.get("blessed") is False:
         for reason in summary.get("verdict", {}).get("reasons", []):
             print(f"  rejected: {reason}")
-    print("  eval, overall: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(overall.items())))
+    print("  test split, overall: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(overall.items())))
     if summary.get("report"):
         print(f"  report: {summary['report']}")
     return 0

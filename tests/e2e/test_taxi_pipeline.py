@@ -66,7 +66,8 @@ def test_model_is_blessed_and_pushed_with_its_metrics(taxi_run):
     assert summary["blessed"] is True and summary["pushed"] is True
     overall = summary["metrics"]["overall"]
     assert overall["auc"] >= taxi_run.gates.lower_bound
-    assert overall["example_count"] > 4000
+    # The gate read the test split (3:1:1 of 15,002 rows), never eval.
+    assert overall["example_count"] == len(split_examples(taxi_run, "test")) > 2500
     assert set(taxi_run.context) <= {k.split("=")[0] for k in summary["metrics"] if k != "overall"}
     pushed = glob.glob(os.path.join(taxi_run.serving_model_dir, "*", "saved_model.pb"))
     assert len(pushed) == 1 and summary["pushed_destination"] == os.path.dirname(pushed[0])
@@ -84,11 +85,11 @@ def test_pushed_model_serves_raw_examples_in_a_fresh_process(taxi_run):
     assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
 
 
-def eval_split_examples(taxi_run) -> list[bytes]:
+def split_examples(taxi_run, split: str) -> list[bytes]:
     import tensorflow as tf
 
     (examples,) = run_artifacts(taxi_run.metadata_path)["examples"]
-    files = glob.glob(os.path.join(examples.uri, "Split-eval", "*.gz"))
+    files = glob.glob(os.path.join(examples.uri, f"Split-{split}", "*.gz"))
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
@@ -111,14 +112,14 @@ def test_target_networks_are_pushed_next_to_the_model_under_its_version(taxi_run
             summary["metrics"][f"payment_type={value}"]["auc"])
 
 
-def test_every_eval_example_gets_the_same_output_from_its_target_network(taxi_run):
+def test_every_test_example_gets_the_same_output_from_its_target_network(taxi_run):
     import tensorflow as tf
 
     summary = summarize(taxi_run)
     with open(os.path.join(summary["target_networks_destination"], "manifest.json")) as f:
         manifest = json.load(f)
-    serialized = tf.constant(eval_split_examples(taxi_run))
-    assert serialized.shape[0] > 4000
+    serialized = tf.constant(split_examples(taxi_run, "test"))
+    assert serialized.shape[0] > 2500
     hyper = tf.saved_model.load(summary["pushed_destination"])
     expected = hyper.signatures["serving_default"](examples=serialized)["probabilities"].numpy()
     context_ids = hyper.signatures["transform_features"](
@@ -149,7 +150,7 @@ def test_report_shows_the_runs_numbers(taxi_run):
     assert data["metrics"]["overall"]["auc"] == pytest.approx(overall["auc"])
     assert f"<td>overall</td><td>{overall['auc']:.4f}</td>" in page  # first column: auc
     (statistics,) = run_artifacts(taxi_run.metadata_path)["statistics"]
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "test"):
         stats = tfdv.load_stats_binary(os.path.join(statistics.uri, f"Split-{split}",
                                                     "FeatureStats.pb"))
         count = stats.datasets[0].num_examples
