@@ -1,16 +1,21 @@
 """Quality benchmark: the configured hypernetwork vs a plain MLP vs gradient-boosted trees.
 
     python bench/quality.py [--config pipeline/taxi.yaml] [--pipeline-root DIR] [--seeds 3]
-                            [--set model.context_embedding_dim=4 ...] [--no-gbt]
+                            [--set model.pooling=[1,10] ...] [--no-gbt] [--no-plain]
 
-Both Keras models train on the Transform output of one pipeline run with the
-Trainer's own code (trainer.task.make_dataset / compile_model / train: same
-optimizer, steps and early stopping on the eval split); the plain MLP has the
-same target architecture with the context features one-hot encoded as ordinary
-inputs. Each is then scored on the whole Split-eval, once (accuracy at 0.5 and
-sklearn's ROC AUC). The GBT reference is sklearn's HistGradientBoostingClassifier
-on the raw ExampleGen columns of the same splits (categorical columns as
-categorical). With --seeds N every number is the median over N seeds.
+Both Keras models train on the Transform output of one pipeline run through the
+Trainer's own loop, `trainer.task.fit_hypernetwork` (same datasets, optimizer, budget,
+early stopping on the eval split's data loss, and for the hypernetwork one model per
+`model.pooling` strength, the best on eval kept); the plain MLP comes in through its
+`build` argument: the same target architecture with the context features one-hot
+encoded as ordinary inputs (trained once, at the first pooling strength, which it
+ignores). Warm start is off: each model starts from its seeded initialisation.
+
+Every model is then scored once on the whole *test* split (accuracy at 0.5 and
+sklearn's ROC AUC), which nothing above read: the eval split chose the epoch and the
+pooling strength. The GBT reference is sklearn's HistGradientBoostingClassifier fit on
+the raw ExampleGen train split (categorical columns as categorical) and scored on the
+same test rows. With --seeds N every number is the median over N seeds.
 
 Without --pipeline-root, ExampleGen -> StatisticsGen -> SchemaGen -> Transform of
 the config's pipeline run first in a temporary directory (a partial run of
@@ -55,8 +60,10 @@ from bench.machine import cpu_info
 from pipeline import configs
 from pipeline.configs import PipelineConfig
 from trainer.features import categorical_inputs, numeric_inputs, transformed_name
-from trainer.model import ConfiguredHyperModel, ModelLayout, PlainMLP
-from trainer.task import compile_model, make_dataset, train
+from trainer.model import ModelLayout, PlainMLP
+from trainer.task import DATA_LOSS, fit_hypernetwork
+
+SCORED_SPLIT = "test"  # never "eval": early stopping and the pooling choice read it
 
 EVAL_BATCH = 1024
 GBT_MAX_CATEGORIES = 250  # HistGradientBoosting needs fewer categories than max_bins (255)
@@ -107,7 +114,12 @@ def run_transform(config: PipelineConfig, output_dir: str) -> str:
 
 def check_transform(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                     art: RunArtifacts) -> None:
-    """Fail clearly when the run's Transform was made with a config lacking our features."""
+    """Fail clearly when the run's Transform was made with a config lacking our features,
+    or the run has no test split (made before ExampleGen wrote one)."""
+    for uri in (art.raw_examples, art.transformed_examples):
+        if not glob.glob(os.path.join(uri, f"Split-{SCORED_SPLIT}", "*")):
+            raise SystemExit(f"{uri} has no Split-{SCORED_SPLIT}: that run predates the test "
+                             "split; pass a newer --pipeline-root or none")
     names = {config.label.name, *numeric_inputs(config),
              *(transformed_name(c) for c in (*categorical_inputs(config), *config.context))}
     missing = sorted(names - set(tft_output.transformed_feature_spec()))
@@ -120,7 +132,7 @@ def data_accessor(examples_uri: str) -> DataAccessor:
     """The DataAccessor the Trainer would get for this Examples artifact."""
     artifact = standard_artifacts.Examples()
     artifact.uri = examples_uri
-    artifact.split_names = '["train", "eval"]'
+    artifact.split_names = '["train", "eval", "test"]'
     descriptors = ["bench", "quality"]
     return DataAccessor(
         tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
@@ -140,34 +152,33 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
             "auc": float(roc_auc_score(labels, probs))}
 
 
-def eval_arrays(accessor: DataAccessor, files: list[str], tft_output: tft.TFTransformOutput,
-                config: PipelineConfig) -> list[tuple[dict[str, tf.Tensor], np.ndarray]]:
-    """The whole eval split once, in order, as (features, labels) batches."""
+def split_arrays(accessor: DataAccessor, files: list[str], tft_output: tft.TFTransformOutput,
+                 config: PipelineConfig) -> list[tuple[dict[str, tf.Tensor], np.ndarray]]:
+    """The whole split once, in order, as (features, labels) batches."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=EVAL_BATCH, label_key=config.label.name, shuffle=False, num_epochs=1)
     ds = accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
     return [(x, np.reshape(y.numpy(), [-1])) for x, y in ds]
 
 
-def fit_and_score(build: Callable[[], tf.keras.Model], config: PipelineConfig,
-                  accessor: DataAccessor, art: RunArtifacts, tft_output: tft.TFTransformOutput,
-                  eval_batches) -> dict[str, Any]:
-    tf.keras.utils.set_random_seed(config.training.seed)
-    train_ds = make_dataset(split_files(art.transformed_examples, "train"), tft_output, config)
-    val_ds = make_dataset(split_files(art.transformed_examples, "eval"), tft_output, config,
-                          training=False)
-    model = build()
-    compile_model(model, config)
+def fit_and_score(config: PipelineConfig, art: RunArtifacts, tft_output: tft.TFTransformOutput,
+                  test_batches, build: Callable[[float, int], tf.keras.Model] | None = None,
+                  ) -> dict[str, Any]:
+    """Train through the Trainer's loop (`build`: None = the configured hypernetwork),
+    then score on the test batches."""
     start = time.time()
     with contextlib.redirect_stdout(sys.stderr):
-        history = train(model, config, train_ds, val_ds)
+        model, history = fit_hypernetwork(
+            config, tft_output, split_files(art.transformed_examples, "train"),
+            split_files(art.transformed_examples, "eval"), build=build)
     seconds = time.time() - start
-    probs = np.concatenate([np.reshape(model(x).numpy(), [-1]) for x, _ in eval_batches])
-    labels = np.concatenate([y for _, y in eval_batches])
+    probs = np.concatenate([np.reshape(model(x).numpy(), [-1]) for x, _ in test_batches])
+    labels = np.concatenate([y for _, y in test_batches])
     out = score(labels, probs)
     out.update(params=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
                epochs=len(history["loss"]),
-               best_epoch=int(np.argmin(history["val_loss"])) + 1,
+               best_epoch=int(np.argmin(history[f"val_{DATA_LOSS}"])) + 1,
+               pooling=history["pooling"][0],
                seconds=round(seconds, 1))
     return out
 
@@ -220,7 +231,8 @@ def raw_matrix(columns: dict[str, list], config: PipelineConfig,
 
 
 def gbt_scores(art: RunArtifacts, config: PipelineConfig, seed: int) -> dict[str, float]:
-    train_cols, eval_cols = read_raw(art.raw_examples, "train"), read_raw(art.raw_examples, "eval")
+    train_cols = read_raw(art.raw_examples, "train")
+    test_cols = read_raw(art.raw_examples, SCORED_SPLIT)
     vocabs = {}
     for name in config.features.categorical:
         counts = Counter(v for v in train_cols.get(name, []) if v is not None)
@@ -229,8 +241,8 @@ def gbt_scores(art: RunArtifacts, config: PipelineConfig, seed: int) -> dict[str
     mask = [i >= n_numeric for i in range(n_numeric + len(config.features.categorical))]
     model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed)
     model.fit(raw_matrix(train_cols, config, vocabs), raw_label(train_cols, config))
-    probs = model.predict_proba(raw_matrix(eval_cols, config, vocabs))[:, 1]
-    return score(raw_label(eval_cols, config), probs)
+    probs = model.predict_proba(raw_matrix(test_cols, config, vocabs))[:, 1]
+    return {**score(raw_label(test_cols, config), probs), "rows": len(probs)}
 
 
 # -- main ---------------------------------------------------------------------
@@ -269,6 +281,9 @@ def main(argv: Sequence[str]) -> None:
     config = apply_overrides(args.config, args.set)
     if config.label.task != "binary":
         raise SystemExit("bench/quality.py scores binary labels only")
+    # A benchmark compares cold starts: no blessed model's weights copied in.
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                       warm_start=False))
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         root = args.pipeline_root or run_transform(config, tmp)
         art = find_artifacts(root)
@@ -276,26 +291,32 @@ def main(argv: Sequence[str]) -> None:
         check_transform(config, tft_output, art)
         layout = ModelLayout.from_transform(config, tft_output)
         accessor = data_accessor(art.transformed_examples)
-        eval_batches = eval_arrays(accessor, split_files(art.transformed_examples, "eval"),
-                                   tft_output, config)
+        test_batches = split_arrays(accessor, split_files(art.transformed_examples, SCORED_SPLIT),
+                                    tft_output, config)
+        test_rows = sum(len(y) for _, y in test_batches)
 
         runs: dict[str, list[dict[str, Any]]] = {"hyper": [], "plain": [], "gbt": []}
         for i in range(args.seeds):
             seeded = dataclasses.replace(
                 config, training=dataclasses.replace(config.training,
                                                      seed=config.training.seed + i))
-            runs["hyper"].append(fit_and_score(
-                lambda c=seeded: ConfiguredHyperModel(c, layout, name="hyper_model"),
-                seeded, accessor, art, tft_output, eval_batches))
+            runs["hyper"].append(fit_and_score(seeded, art, tft_output, test_batches))
             print(f"seed {seeded.training.seed} hyper: {runs['hyper'][-1]}", file=sys.stderr)
             if not args.no_plain:
+                # It ignores the pooling strength: one model, not one per strength.
+                once = dataclasses.replace(seeded, model=dataclasses.replace(
+                    seeded.model, pooling=seeded.model.pooling[:1]))
                 runs["plain"].append(fit_and_score(
-                    lambda c=seeded: PlainMLP(c, layout, name="plain_mlp"),
-                    seeded, accessor, art, tft_output, eval_batches))
+                    once, art, tft_output, test_batches,
+                    build=lambda _pooling, _examples, c=once: PlainMLP(c, layout,
+                                                                       name="plain_mlp")))
                 print(f"seed {seeded.training.seed} plain: {runs['plain'][-1]}", file=sys.stderr)
             if not args.no_gbt:
                 runs["gbt"].append(gbt_scores(art, seeded, seeded.training.seed))
                 print(f"seed {seeded.training.seed} gbt: {runs['gbt'][-1]}", file=sys.stderr)
+                if runs["gbt"][-1]["rows"] != test_rows:
+                    raise SystemExit(f"GBT scored {runs['gbt'][-1]['rows']} raw test rows, the "
+                                     f"Keras models {test_rows} transformed ones")
 
     def med(kind: str, key: str) -> float | None:
         values = [r[key] for r in runs[kind]]
@@ -303,6 +324,7 @@ def main(argv: Sequence[str]) -> None:
 
     result = {
         "bench": "quality", "dataset": config.name.removeprefix("hypernet-"),
+        "split": SCORED_SPLIT, "test_rows": test_rows,
         "accuracy": med("hyper", "accuracy"), "auc": med("hyper", "auc"),
         "plain_mlp_accuracy": med("plain", "accuracy"), "plain_mlp_auc": med("plain", "auc"),
         "gbt_accuracy": med("gbt", "accuracy"), "gbt_auc": med("gbt", "auc"),
@@ -310,6 +332,7 @@ def main(argv: Sequence[str]) -> None:
         "plain_params": runs["plain"][0]["params"] if runs["plain"] else None,
         "steps": config.training.train_steps,
         "seeds": args.seeds,
+        "hyper_pooling": med("hyper", "pooling"),  # the strength eval chose (median)
         "hyper_train_seconds": med("hyper", "seconds"),
         "plain_train_seconds": med("plain", "seconds"),
         **cpu_info(),

@@ -28,6 +28,12 @@ BENCHES = {
     # name: (arguments, --quick arguments)
     "train_step": (["bench/train_step.py", "--steps", "300"],
                    ["bench/train_step.py", "--steps", "30"]),
+    # The same step with a synthetic context of 5 and of 2,410 uniform values (goals: ratio
+    # <= 1.5 and <= 2 to the plain MLP).
+    "train_step_5": (["bench/train_step.py", "--contexts", "5", "--steps", "300"],
+                     ["bench/train_step.py", "--contexts", "5", "--steps", "30"]),
+    "train_step_2410": (["bench/train_step.py", "--contexts", "2410", "--steps", "300"],
+                        ["bench/train_step.py", "--contexts", "2410", "--steps", "30"]),
     "quality": (["bench/quality.py", "--seeds", "3"], ["bench/quality.py", "--seeds", "1"]),
     "serving": (["bench/serving.py", "--repeats", "500"], ["bench/serving.py", "--repeats", "30"]),
     "scale": (["bench/scale.py", "--rows", "15000,150000"], ["bench/scale.py", "--rows", "15000"]),
@@ -69,13 +75,17 @@ def table(results: Sequence[dict]) -> str:
         if "error" in r:
             rows.append((kind, "failed", r["error"], "", ""))
         elif kind == "train_step":
-            rows.append((kind, f"ms per step, batch {r['batch']}", _f(r["hyper_ms"]),
+            contexts = (f"{r.get('contexts')} contexts ({r.get('context_source')}), "
+                        f"{r.get('generator_kind')}")
+            rows.append((kind, f"ms per step, batch {r['batch']}, {contexts}", _f(r["hyper_ms"]),
                          _f(r["plain_ms"]), f"plain MLP (ratio {r['ratio']})"))
-            rows.append((kind, "generator GFLOP/s", _f(r.get("generator_gflops")), "", ""))
+            if r.get("generator_gflops") is not None:  # "full" kind only
+                rows.append((kind, "generator GFLOP/s", _f(r["generator_gflops"]), "", ""))
         elif kind == "quality":
-            rows.append((kind, "eval AUC", _f(r["auc"], 4), _f(r["plain_mlp_auc"], 4),
+            split = r.get("split", "eval")
+            rows.append((kind, f"{split} AUC", _f(r["auc"], 4), _f(r["plain_mlp_auc"], 4),
                          f"plain MLP; GBT {_f(r['gbt_auc'], 4)}"))
-            rows.append((kind, "eval accuracy", _f(r["accuracy"], 4),
+            rows.append((kind, f"{split} accuracy", _f(r["accuracy"], 4),
                          _f(r["plain_mlp_accuracy"], 4), f"plain MLP; GBT {_f(r['gbt_accuracy'], 4)}"))
         elif kind == "serving":
             rows.append((kind, f"ms per call, batch {r['batch']}", _f(r["target_ms"]),

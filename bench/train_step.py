@@ -1,23 +1,34 @@
-"""Benchmark: one compiled training step of the HyperNetwork vs a plain Keras MLP.
+"""Benchmark: one training step of the configured hypernetwork vs a plain MLP.
 
-Both models share the target architecture of the default taxi config (pipeline/taxi.yaml;
-input width from the embedded CSV's vocabularies as Transform would build them), the
-batch, the loss (binary cross-entropy) and the optimizer (Adam); each
-step is a `tf.function` that computes gradients and calls `apply_gradients`. The two
-steps are timed alternately in the same process, after warm-up, and the medians are
+Both models share the target architecture and input layout of the taxi config
+(pipeline/taxi.yaml; input width from the embedded CSV's vocabularies as Transform would
+build them) and the batch; both are compiled by the Trainer's own `compile_model` (loss,
+optimizer, metrics) and each step is that model's Keras `train_step` (gradients,
+`apply_gradients`, metrics; for the hypernetwork also the pooling penalty, which Keras
+adds to the loss), wrapped in one `tf.function`. The two steps are timed alternately in
+the same process, after warm-up, over the same few batches, and the medians are
 reported as one JSON line.
 
-Generator FLOPs: multiply-adds of the generator forward (trunk layers + head) per
-distinct context, times the distinct contexts in the batch; FLOPs = 2 * MACs and a
-training step (forward + backward) ~ 3x the forward. The GFLOP/s figure divides that
-by the whole hypernetwork step time, so it is a lower bound on what the generator
-achieves.
+Contexts: without --contexts, the taxi context (payment_type) with ids drawn from the
+CSV's own rows, so the distinct contexts per batch are the real ones. With --contexts N,
+the context is a synthetic categorical column of N values (plus Transform's
+out-of-vocabulary id) drawn uniformly; the rest of the input layout is the taxi one. The
+plain MLP sees the same dense features and no context.
 
-The batch's context values are drawn from the CSV's own distribution of the context
-column(s), so the number of distinct contexts per batch (what the generator runs on)
-is the real one.
+Generator FLOPs are reported for the "full" kind only: trunk + head multiply-adds per
+conditioning row, times the rows it runs on (every possible context when they are few,
+else the batch's distinct ones); FLOPs = 2 * MACs and a training step ~ 3x the forward;
+the GFLOP/s figure divides that by the whole step time (a lower bound). A pooled kind
+("film", "lowrank") has no such generator: its work is the shared target network plus a
+bias-free linear map from conditioning to deviation, so a GFLOP/s figure would mean
+nothing. The line reports that map's forward MFLOPs instead, on the step's conditioning
+rows and on the pooling penalty's rows (one per context value, every step).
 
-    python bench/train_step.py [--config pipeline/taxi.yaml] [--batch 256] [--steps 200]
+`contexts` is the number of context values the batches draw from (taxi: the distinct
+ids of the CSV's rows, the out-of-vocabulary one included).
+
+    python bench/train_step.py [--contexts N] [--config pipeline/taxi.yaml] [--batch 256]
+                               [--steps 200]
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import pipeline.environment  # noqa: F401 - first: Keras 2 before TensorFlow is 
 import numpy as np
 import tensorflow as tf
 
-from bench.machine import ROOT, cpu_info
+from bench.machine import ROOT, TAXI_CSV, cpu_info
 from pipeline import configs
 from pipeline.configs import PipelineConfig
 from trainer.features import (
@@ -50,9 +61,13 @@ from trainer.features import (
     own_vocabulary_columns,
     shared_vocabulary_columns,
 )
+from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.materialize import build_target_model
 from trainer.model import ModelLayout, context_spec, generator_config, target_spec
+from trainer.task import compile_model
+
+SYNTHETIC = "synthetic_context"  # --contexts N: the context column's name
 
 
 def taxi_shapes(config: PipelineConfig, csv_path: str) -> tuple[ModelLayout, dict[str, np.ndarray]]:
@@ -76,14 +91,13 @@ def taxi_shapes(config: PipelineConfig, csv_path: str) -> tuple[ModelLayout, dic
     return layout, {c: ids[c] for c in config.context}
 
 
-def generator_macs_per_context(model: HyperNetwork) -> int:
-    """Multiply-adds of trunk + head for one distinct context (chunked: all its chunks)."""
+def generator_macs_per_row(model: HyperNetwork) -> int | None:
+    """Multiply-adds of a "full" generator's trunk + head for one conditioning row (chunked:
+    all its chunks); None for other kinds (no trunk or head to count)."""
     config, spec = model.generator_config, model.target
-    width = model.context.embedding_dim * len(model.context.categorical) + len(
-        model.context.numeric)
-    if model.context.is_static:
-        width = model.context.embedding_dim
-    rows = 1
+    if config.kind != "full":
+        return None
+    width, rows = model.encoder.output_dim, 1
     if config.chunk_size:
         rows = math.ceil(spec.num_params / config.chunk_size)
         width += config.chunk_embedding_dim
@@ -95,69 +109,109 @@ def generator_macs_per_context(model: HyperNetwork) -> int:
     return rows * macs
 
 
-def make_step(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer):
-    bce = tf.keras.losses.BinaryCrossentropy()
-
-    @tf.function
-    def step(inputs, labels):
-        with tf.GradientTape() as tape:
-            loss = bce(labels, model(inputs, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return step
+def conditioning_rows(model: HyperNetwork, distinct: int) -> int:
+    """Rows the generator runs on per step: every possible context, or the batch's distinct."""
+    if model.enumerates_contexts:
+        return int(model.context.max_distinct or 1)
+    return distinct if not model.context.is_static else 1
 
 
-def timed(step, *args) -> float:
+def train_examples(config: PipelineConfig, csv_path: str) -> int:
+    """The train split's expected rows (the CSV's share of train hash buckets): sets the
+    pooling penalty's weight, as in the Trainer (its size does not change the work)."""
+    with open(csv_path, newline="") as f:
+        rows = sum(1 for _ in f) - 1
+    buckets = config.splits.buckets()
+    return max(1, rows * buckets["train"] // sum(buckets.values()))
+
+
+def make_step(model: tf.keras.Model):
+    """The model's Keras train_step as one graph (compiled by the Trainer's compile_model)."""
+    return tf.function(model.train_step, autograph=False)
+
+
+def timed(step, batch) -> float:
     start = time.perf_counter()
-    step(*args).numpy()  # .numpy() waits for the result
+    step(batch)["loss"].numpy()  # .numpy() waits for the result
     return (time.perf_counter() - start) * 1e3
+
+
+def synthetic_context(config: PipelineConfig, n: int) -> ContextSpec:
+    """A categorical context of n values plus the out-of-vocabulary id, as Transform gives."""
+    return ContextSpec({SYNTHETIC: n + OOV_BUCKETS}, (), config.model.context_embedding_dim,
+                       oov_ids={SYNTHETIC: n})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--contexts", type=int, default=None,
+                        help="a synthetic context of N uniformly drawn values "
+                             "(default: the taxi context, drawn as in the CSV)")
     parser.add_argument("--config", default=configs.DEFAULT_CONFIG)
-    parser.add_argument("--csv", default=os.path.join(ROOT, "data", "taxi", "data.csv"))
+    parser.add_argument("--csv", default=TAXI_CSV)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per model")
+    parser.add_argument("--batches", type=int, default=8,
+                        help="distinct batches the steps cycle through")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.contexts is not None and args.contexts < 1:
+        parser.error("--contexts must be >= 1")
 
     tf.keras.utils.set_random_seed(args.seed)
     config = configs.load(args.config)
     layout, context_ids = taxi_shapes(config, args.csv)
-    target, context = target_spec(config, layout), context_spec(config, layout)
+    target = target_spec(config, layout)
+    if args.contexts is None:
+        context = context_spec(config, layout)
+        population = len(next(iter(context_ids.values()), [0]))  # CSV rows
+        drawn = len({tuple(r) for r in zip(*context_ids.values())}) if context_ids else 1
+    else:
+        context = synthetic_context(config, args.contexts)
+        context_ids = {SYNTHETIC: np.arange(args.contexts)}  # uniform: each value once
+        population = drawn = args.contexts
     rng = np.random.default_rng(args.seed)
-    features = tf.constant(rng.normal(size=(args.batch, target.input_dim)), tf.float32)
-    labels = tf.constant(rng.integers(0, 2, size=(args.batch, 1)), tf.float32)
-    hyper_inputs = {FEATURES: features}
-    picked = rng.integers(0, len(next(iter(context_ids.values()), [0])), size=args.batch)
-    for name, ids in context_ids.items():
-        hyper_inputs[name] = tf.constant(ids[picked], tf.int64)
-    distinct = len({tuple(int(hyper_inputs[n][i]) for n in context.names)
-                    for i in range(args.batch)})
+    hyper_batches, plain_batches, distinct = [], [], []
+    for _ in range(args.batches):
+        features = tf.constant(rng.normal(size=(args.batch, target.input_dim)), tf.float32)
+        labels = tf.constant(rng.integers(0, 2, size=(args.batch, 1)), tf.float32)
+        picked = rng.integers(0, population, size=args.batch)
+        inputs = {FEATURES: features}
+        inputs.update({n: tf.constant(ids[picked], tf.int64) for n, ids in context_ids.items()})
+        hyper_batches.append((inputs, labels))
+        plain_batches.append((features, labels))
+        distinct.append(len({tuple(int(ids[i]) for ids in context_ids.values())
+                             for i in picked}))
 
-    hyper = HyperNetwork(target, context, generator_config(config))
-    hyper(hyper_inputs)
+    pooling = config.model.pooling[0]
+    hyper = HyperNetwork(target, context,
+                         generator_config(config, pooling, train_examples(config, args.csv)),
+                         name="hypernetwork")
     plain = build_target_model(target, name="plain_mlp")
-    hyper_step = make_step(hyper, tf.keras.optimizers.Adam(1e-3))
-    plain_step = make_step(plain, tf.keras.optimizers.Adam(1e-3))
+    for model, batch in ((hyper, hyper_batches[0]), (plain, plain_batches[0])):
+        model(batch[0])
+        compile_model(model, config)
+    hyper_step, plain_step = make_step(hyper), make_step(plain)
 
-    for _ in range(args.warmup):
-        plain_step(features, labels).numpy()
-        hyper_step(hyper_inputs, labels).numpy()
+    for i in range(args.warmup):
+        plain_step(plain_batches[i % args.batches])["loss"].numpy()
+        hyper_step(hyper_batches[i % args.batches])["loss"].numpy()
     plain_ms, hyper_ms = [], []
-    for _ in range(args.steps):  # alternate, so drift hits both alike
-        plain_ms.append(timed(plain_step, features, labels))
-        hyper_ms.append(timed(hyper_step, hyper_inputs, labels))
+    for i in range(args.steps):  # alternate, so drift hits both alike
+        plain_ms.append(timed(plain_step, plain_batches[i % args.batches]))
+        hyper_ms.append(timed(hyper_step, hyper_batches[i % args.batches]))
 
     plain_med, hyper_med = statistics.median(plain_ms), statistics.median(hyper_ms)
-    gen_macs = generator_macs_per_context(hyper) * distinct
-    gflop_step = 3 * 2 * gen_macs / 1e9
+    mean_distinct = statistics.mean(distinct)
+    rows_per_step = conditioning_rows(hyper, round(mean_distinct))
+    gen = hyper.generator
     result = {
         "bench": "train_step",
+        "contexts": drawn,
+        "context_source": "taxi" if args.contexts is None else "synthetic_uniform",
+        "context_vocab": {n: int(v) for n, v in context.categorical.items()},
+        "generator_kind": hyper.generator_config.kind,
         "batch": args.batch,
         "plain_ms": round(plain_med, 3),
         "hyper_ms": round(hyper_med, 3),
@@ -166,19 +220,30 @@ def main() -> None:
         "hyper_ms_p10_p90": [round(float(np.percentile(hyper_ms, q)), 3) for q in (10, 90)],
         "steps": args.steps,
         "warmup": args.warmup,
-        "config": os.path.relpath(args.config, ROOT),
+        "config": os.path.relpath(os.path.abspath(args.config), ROOT),
         "target": list(target.layer_widths),
         "target_params": target.num_params,
         "plain_params": plain.count_params(),
-        "generator_params": int(sum(np.prod(v.shape) for v in hyper.trainable_variables)),
-        "contexts": dict(context.categorical),
-        "distinct_contexts": distinct,
-        "generator_mflop_fwd": round(2 * gen_macs / 1e6, 2),
-        "generator_gflop_train_step": round(gflop_step, 4),
-        "generator_gflops": round(gflop_step / (hyper_med / 1e3), 2),
+        "hyper_params": int(sum(np.prod(v.shape) for v in hyper.trainable_variables)),
+        "distinct_contexts": round(mean_distinct, 1),  # per batch, mean over the batches
+        "conditioning_rows": rows_per_step,  # rows the generator runs on per step
+        "enumerates_contexts": hyper.enumerates_contexts,
         **cpu_info(),
         "tf": tf.__version__,
     }
+    macs = generator_macs_per_row(hyper)
+    if macs is not None:
+        gflop_step = 3 * 2 * macs * rows_per_step / 1e9
+        result.update(generator_mflop_fwd=round(2 * macs * rows_per_step / 1e6, 2),
+                      generator_gflop_train_step=round(gflop_step, 4),
+                      generator_gflops=round(gflop_step / (hyper_med / 1e3), 2))
+    else:
+        penalty = hyper.generator_config.shrinkage > 0 and not context.is_static
+        penalty_rows = int(hyper.encoder.pooling_rows().shape[0]) if penalty else 0
+        width = hyper.encoder.output_dim * int(sum(gen.sizes))  # MACs per row
+        result.update(deviation_width=int(sum(gen.sizes)), penalty_rows=penalty_rows,
+                      deviation_mflop_fwd=round(2 * width * rows_per_step / 1e6, 3),
+                      penalty_mflop_fwd=round(2 * width * penalty_rows / 1e6, 3))
     print(json.dumps(result))
 
 

@@ -116,8 +116,12 @@ class ContextEncoder(tf.keras.layers.Layer):
         offset = c.embedding_dim if self.has_constant else 0
         for name in c.names:
             if name in self.embeddings:
-                size = int(c.categorical[name])
-                vectors = self._embed(name, tf.range(size))
+                # The table read whole (a dense gradient, not a scatter over every row).
+                table = self.embeddings[name].embeddings
+                if name in c.oov_ids:
+                    table = table * tf.one_hot(c.oov_ids[name], table.shape[0],
+                                               on_value=0.0, off_value=1.0)[:, None]
+                vectors = table
                 blocks.append(tf.pad(vectors, [[0, 0], [offset, width - offset - c.embedding_dim]]))
                 offset += c.embedding_dim
             else:

@@ -102,6 +102,10 @@ class ParameterGenerator(tf.keras.layers.Layer):
     def deviation(self, conditioning: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not a pooled kind")
 
+    def penalty(self, rows: tf.Tensor) -> tf.Tensor:
+        """The sum over conditioning rows of |deviation(row)|^2 (pooled kinds)."""
+        return tf.reduce_sum(tf.square(self.deviation(rows)))
+
     def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
                      return_logits: bool = False) -> tf.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not apply directly")

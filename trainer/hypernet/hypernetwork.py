@@ -111,8 +111,7 @@ class HyperNetwork(GraphModel):
 
     def pooling_penalty(self) -> tf.Tensor:
         """shrinkage * the sum over every context value of its squared deviation."""
-        deviations = self.generator.deviation(self.encoder.pooling_rows())
-        return self.generator_config.shrinkage * tf.reduce_sum(tf.square(deviations))
+        return self.generator_config.shrinkage * self.generator.penalty(self.encoder.pooling_rows())
 
     def set_output_affine(self, scale: float, shift: float) -> None:
         """prediction = shift + scale * the target's output (a linear head only)."""

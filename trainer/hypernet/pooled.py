@@ -69,6 +69,24 @@ class PooledGenerator(ParameterGenerator):
     def parts(self, conditioning: tf.Tensor) -> list[tf.Tensor]:
         return list(tf.split(self.deviation(conditioning), self.sizes, axis=-1))
 
+    def parts_per_example(self, conditioning: tf.Tensor, index: tf.Tensor) -> list[tf.Tensor]:
+        """Each example's deviation, part by part: its conditioning row times each part's
+        slice of the map (no [B, D] tensor split apart, whose gradient is a concat)."""
+        if not self.to_deviation.built:
+            self.to_deviation.build(conditioning.shape)
+        rows = tf.gather(conditioning, index)
+        return [tf.matmul(rows, k)
+                for k in tf.split(self.to_deviation.kernel, self.sizes, axis=1)]
+
+    def penalty(self, rows: tf.Tensor) -> tf.Tensor:
+        """sum over rows of |deviation(row)|^2, as sum((R^T R) * (K K^T)) for the bias-free
+        map K: two [d, d] products instead of a [rows, D] matrix every step."""
+        if not self.to_deviation.built:
+            self.to_deviation.build(rows.shape)
+        kernel = self.to_deviation.kernel
+        return tf.reduce_sum(tf.matmul(rows, rows, transpose_a=True)
+                             * tf.matmul(kernel, kernel, transpose_b=True))
+
 
 class FilmGenerator(PooledGenerator):
     """Kind "film": per-unit scale and shift of each hidden layer, and a deviation of the
@@ -94,14 +112,16 @@ class FilmGenerator(PooledGenerator):
 
     def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
                      return_logits: bool = False) -> tf.Tensor:
-        s, parts, h = self.spec, self.parts(conditioning), x
+        s, parts, h = self.spec, self.parts_per_example(conditioning, index), x
         for layer in range(len(s.hidden_units)):
-            gamma, beta = tf.split(tf.gather(parts[layer], index), 2, axis=-1)
+            gamma, beta = tf.split(parts[layer], 2, axis=-1)
             z = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1]
             h = activation(s.activation)(z * (1.0 + gamma) + beta)
-        d_kernel, d_bias = self._output_deviation(tf.gather(parts[-1], index))
+        d_kernel, d_bias = self._output_deviation(parts[-1])
+        # h [B, in] through each example's own [in, out]: a broadcast product and a sum
+        # (an einsum ran it as B tiny matrix products).
         z = (tf.matmul(h, self.shared[-2]) + self.shared[-1]
-             + tf.einsum("bi,bio->bo", h, d_kernel) + d_bias)
+             + tf.reduce_sum(h[:, :, None] * d_kernel, axis=1) + d_bias)
         return z if return_logits else activation(s.head)(z)
 
     def _output_deviation(self, part: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -152,10 +172,10 @@ class LowRankGenerator(PooledGenerator):
 
     def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
                      return_logits: bool = False) -> tf.Tensor:
-        s, parts, h = self.spec, self.parts(conditioning), x
+        s, parts, h = self.spec, self.parts_per_example(conditioning, index), x
         for layer in range(s.num_layers):
-            a, b, d_bias = (tf.gather(t, index) for t in self.factors(parts, layer))
-            low = tf.einsum("br,bor->bo", tf.einsum("bi,bir->br", h, a), b)
+            a, b, d_bias = self.factors(parts, layer)
+            low = tf.reduce_sum(tf.reduce_sum(h[:, :, None] * a, axis=1)[:, None, :] * b, axis=2)
             h = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1] + low + d_bias
             if layer < s.num_layers - 1:
                 h = activation(s.activation)(h)
