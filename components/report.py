@@ -15,12 +15,13 @@ from components.report_html import (
     plot_projection,
     plot_slices,
     render,
+    slice_view,
     split_anomalies,
     split_rows,
     weights_projection,
 )
 from components.target_networks import SERVING_DIR
-from pipeline.configs import HISTORY_FILE, REPORT_FILE, VERDICT_FILE, WEIGHTS_FILE
+from pipeline.configs import HISTORY_FILE, MANIFEST_FILE, REPORT_FILE, VERDICT_FILE, WEIGHTS_FILE
 
 A = tfx.types.standard_artifacts
 
@@ -55,7 +56,14 @@ def RunReport(
         if tf.io.gfile.exists(history_path) else {}
     verdict = json.loads(tf.io.gfile.GFile(os.path.join(blessing.uri, VERDICT_FILE)).read())
     metrics = eval_metrics(evaluation.uri, context)
-    projection = weights_projection(os.path.join(target_networks.uri, SERVING_DIR, WEIGHTS_FILE))
+    # Thousands of context slices: the page shows the largest, marks the small ones.
+    view = slice_view(metrics, int(gates.get("min_slice_examples") or 0),
+                      int(settings.get("target_networks", {}).get("report_slices") or 20))
+    exported = os.path.join(target_networks.uri, SERVING_DIR)
+    projection = weights_projection(os.path.join(exported, WEIGHTS_FILE))
+    manifest_path = os.path.join(exported, MANIFEST_FILE)
+    manifest = json.loads(tf.io.gfile.GFile(manifest_path).read()) \
+        if tf.io.gfile.exists(manifest_path) else {}
     data = {
         "pipeline": settings["name"],
         "run": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -63,17 +71,23 @@ def RunReport(
         "anomalies": split_anomalies(anomalies.uri, splits),
         "history": history,
         "metrics": metrics,
+        "slice_view": view,
         "gates": {"metric": gate_metric, "lower_bound": gates.get("lower_bound"),
-                  "change_tolerance": gates.get("change_tolerance")},
+                  "upper_bound": gates.get("upper_bound"),
+                  "change_tolerance": gates.get("change_tolerance"),
+                  "min_slice_examples": gates.get("min_slice_examples")},
         "verdict": verdict,
         "pushed": {"hypernetwork": _pushed(pushed_model),
                    "target networks": _pushed(pushed_target_networks)},
         "projection": projection,
+        "target_networks": {k: manifest.get(k) for k in (
+            "contexts_total", "contexts_exported", "selection") if k in manifest},
     }
     data["plots"] = {
         "history": plot_history(history),
         "slices": plot_slices(metrics, gate_metric, gates.get("lower_bound"),
-                              verdict.get("baseline_value")),
+                              verdict.get("baseline_value"), upper_bound=gates.get("upper_bound"),
+                              min_examples=view["min_examples"], limit=view["limit"]),
         "projection": plot_projection(projection) if projection else None,
     }
     tf.io.gfile.makedirs(report_dir)

@@ -265,9 +265,16 @@ class BeamConfig:
 @dataclasses.dataclass(frozen=True)
 class TargetNetworksConfig:
     # Context values to materialize, by context feature: categorical contexts default to
-    # their whole vocabulary plus the out-of-vocabulary bucket; numeric ones must be listed.
+    # their vocabulary (most frequent first) plus the out-of-vocabulary bucket; numeric
+    # ones must be listed.
     context_values: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
-    max_networks: int = 256  # a larger cross product of context values is an error
+    # At most this many target networks are exported (the most frequent contexts), plus
+    # the out-of-vocabulary one; the manifest says how many contexts exist. Listed
+    # values are exported as listed: more combinations of them than this is an error.
+    max_networks: int = 20
+    # The run report charts and tabulates the context slices with the most examples, at
+    # most this many (every slice's numbers stay in the report's embedded data).
+    report_slices: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,6 +462,8 @@ class PipelineConfig:
                            f"numeric context feature {name!r}")
         if self.target_networks.max_networks < 1:
             self._fail("target_networks.max_networks must be >= 1")
+        if self.target_networks.report_slices < 1:
+            self._fail("target_networks.report_slices must be >= 1")
         if t.distribution not in DISTRIBUTIONS:
             self._fail(f"training.distribution {t.distribution!r} is not one of {DISTRIBUTIONS}")
         if self.beam.max_cache_memory_usage_mb < 0:

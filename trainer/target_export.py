@@ -5,9 +5,10 @@ the Transform graph in front of it, it serves the same raw tf.Examples as the
 hypernetwork's model and returns the same output name; the context features of a
 request are ignored (the network *is* one context). A context may have thousands of
 values: the most frequent `target_networks.max_networks` are exported, plus the
-out-of-vocabulary network that serves every other value. `manifest.json` says how
-many contexts exist and maps each exported one to its directory, parameter count
-and the evaluator's slice metrics.
+out-of-vocabulary network (what an unseen or rare value gets); the other values are
+served by the hypernetwork itself. `manifest.json` says how many contexts exist and
+maps each exported one to its directory, parameter count and the evaluator's slice
+metrics.
 """
 
 from __future__ import annotations

@@ -104,7 +104,10 @@ def test_regression_gate_defaults_to_mse_with_no_bound(tmp_path):
                if m.per_slice_thresholds]
     threshold = gated.per_slice_thresholds[0].threshold
     assert gated.class_name == "MeanSquaredError"
-    assert not threshold.HasField("value_threshold")
+    # No bound: only "is a number" (>= 0 holds for any MSE), so a first run, which has no
+    # baseline for the change threshold, still has a threshold to pass.
+    assert threshold.value_threshold.lower_bound.value == 0.0
+    assert not threshold.value_threshold.HasField("upper_bound")
     assert threshold.change_threshold.direction == tfma.MetricDirection.LOWER_IS_BETTER
     assert "Calibration" not in REPORTED["regression"]
     assert config.output_name == "predictions"

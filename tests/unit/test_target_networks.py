@@ -1,6 +1,8 @@
-"""Materialized target networks: one SavedModel per context value, equal to the hypernetwork."""
+"""Materialized target networks: one SavedModel per exported context, equal to the hypernetwork;
+the most frequent contexts (at most max_networks) plus the out-of-vocabulary one."""
 
 import dataclasses
+import itertools
 import json
 import os
 
@@ -11,8 +13,14 @@ import tensorflow as tf
 from pipeline import configs
 from pipeline.configs import WEIGHTS_FILE
 from tests.support import to_example
-from trainer.features import transformed_name
-from trainer.target_export import OOV, context_values, export_target_networks
+from trainer.features import SHARED_VOCAB, transformed_name
+from trainer.target_export import (
+    OOV,
+    _by_rank_sum,
+    context_values,
+    export_target_networks,
+    select_contexts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +35,55 @@ def test_one_network_per_vocabulary_value_plus_oov(taxi, networks):
     config, rows, dtypes, tft_output = taxi
     out, manifest = networks
     vocab = [v.decode() for v in tft_output.vocabulary_by_name("vocab_payment_type")]
+    assert len(vocab) + 1 <= config.target_networks.max_networks  # few values: all exported
     assert [n["context"]["payment_type"] for n in manifest["networks"]] == [*vocab, OOV]
     assert [n["model_input"]["payment_type"] for n in manifest["networks"]] == \
         list(range(len(vocab) + 1))
+    assert manifest["contexts_total"] == manifest["contexts_exported"] == len(vocab) + 1
+    assert manifest["vocabulary_sizes"] == {"payment_type": len(vocab)}
     with open(os.path.join(out, "manifest.json")) as f:
         assert json.load(f) == manifest
     weights = np.load(os.path.join(out, WEIGHTS_FILE))["weights"]
     assert weights.shape == (len(vocab) + 1, manifest["networks"][0]["num_params"])
+
+
+def test_the_vocabulary_lists_the_most_frequent_value_first(taxi):
+    """What `select_contexts` ranks by: TFT writes a vocabulary by descending frequency
+    (the context's own, and the shared one of many values, where it is not alphabetical)."""
+    config, rows, dtypes, tft_output = taxi
+    for name, column_of in (("vocab_payment_type", lambda t: ("payment_type", t)),
+                            (SHARED_VOCAB, lambda t: t.split("=", 1))):
+        vocab = [v.decode() for v in tft_output.vocabulary_by_name(name)]
+        counts = [sum(r[c] == v for r in rows) for c, v in map(column_of, vocab)]
+        assert len(vocab) >= 2 and counts == sorted(counts, reverse=True), name
+    assert vocab != sorted(vocab) and vocab != sorted(vocab, reverse=True)
+
+
+def test_export_keeps_the_most_frequent_contexts_plus_oov(taxi, exported, tmp_path):
+    config, rows, dtypes, tft_output = taxi
+    vocab = [v.decode() for v in tft_output.vocabulary_by_name("vocab_payment_type")]
+    capped = dataclasses.replace(config, target_networks=configs.TargetNetworksConfig(max_networks=1))
+    manifest = export_target_networks(capped, exported[0], tft_output, str(tmp_path))
+    assert [n["context"]["payment_type"] for n in manifest["networks"]] == [vocab[0], OOV]
+    assert [n["model_input"]["payment_type"] for n in manifest["networks"]] == [0, len(vocab)]
+    assert manifest["contexts_total"] == len(vocab) + 1  # what exists, not what was exported
+    assert manifest["contexts_exported"] == 2 and manifest["max_networks"] == 1
+    assert manifest["vocabulary_sizes"] == {"payment_type": len(vocab)}
+    assert manifest["selection"].startswith(f"the 1 most frequent of {len(vocab)} vocabulary")
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [WEIGHTS_FILE, "manifest.json", *(n["path"] for n in manifest["networks"])])
+    saved = np.load(os.path.join(tmp_path, WEIGHTS_FILE))
+    assert list(saved["names"]) == [n["path"] for n in manifest["networks"]]
+    assert saved["weights"].shape[0] == 2
+
+
+def test_thousands_of_values_take_the_top_ranks_lazily():
+    """Index tuples by rank sum: the first n of 2,410 (or of 2,410 x 2,410) are the top ranks."""
+    assert list(itertools.islice(_by_rank_sum([2410]), 3)) == [(0,), (1,), (2,)]
+    assert list(itertools.islice(_by_rank_sum([2410, 2410]), 6)) == \
+        [(0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (2, 0)]
+    assert list(_by_rank_sum([2, 3])) == [(0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (1, 2)]
+    assert list(_by_rank_sum([0, 5])) == []
 
 
 def test_each_network_serves_raw_examples_like_the_hypernetwork(taxi, exported, networks):
@@ -66,11 +116,18 @@ def test_configured_context_values_and_the_network_cap(taxi):
         context_values={"payment_type": ["Cash", "Never Seen"]}))
     found = context_values(listed, tft_output)
     oov = len(tft_output.vocabulary_by_name("vocab_payment_type"))
-    assert [raw["payment_type"] for raw, _ in found] == ["Cash", "Never Seen"]
+    assert [raw["payment_type"] for raw, _ in found] == ["Cash", "Never Seen"]  # no OOV added
     assert found[1][1]["payment_type"] == oov
-    capped = dataclasses.replace(config, target_networks=configs.TargetNetworksConfig(max_networks=2))
-    with pytest.raises(ValueError, match="exceed target_networks.max_networks=2"):
+    selection = select_contexts(listed, tft_output)
+    assert selection.total == 2 and selection.vocabulary_sizes == {}
+    # Listed values are exported as listed: more than the cap is an error, not a cut.
+    capped = dataclasses.replace(config, target_networks=configs.TargetNetworksConfig(
+        context_values={"payment_type": ["Cash", "Credit Card", "x"]}, max_networks=2))
+    with pytest.raises(ValueError, match="3 combinations of the listed values .* exceed "
+                                         "target_networks.max_networks=2"):
         context_values(capped, tft_output)
+    with pytest.raises(configs.ConfigError, match="max_networks must be >= 1"):
+        dataclasses.replace(config, target_networks=configs.TargetNetworksConfig(max_networks=0))
 
 
 def test_numeric_context_needs_listed_values():
