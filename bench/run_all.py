@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one results file, one Markdown table.
 
-    python bench/run_all.py [--only train_step,quality,serving,scale,pipeline] [--quick]
+    python bench/run_all.py [--only train_step,quality,serving,scale,pipeline,grouped] [--quick]
 
 Runs each bench script in its own process (so one's threads and memory do not colour
 another's), collects the JSON lines they print, appends them to
@@ -39,6 +39,8 @@ BENCHES = {
     "scale": (["bench/scale.py", "--rows", "15000,150000"], ["bench/scale.py", "--rows", "15000"]),
     "pipeline": (["bench/pipeline_vs_template.py", "--repeats", "3"],
                  ["bench/pipeline_vs_template.py", "--repeats", "1"]),
+    # Six tables (~20 min on 2 shared cores); --quick: bikeshare and taxi, one seed.
+    "grouped": (["bench/grouped.py", "--seeds", "3"], ["bench/grouped.py", "--quick"]),
 }
 
 
@@ -96,6 +98,11 @@ def table(results: Sequence[dict]) -> str:
         elif kind == "pipeline":
             rows.append((kind, "whole pipeline, s (median)", _f(r["ours_s"], 1),
                          _f(r["template_s"], 1), f"TFX taxi template (ratio {r['ratio']})"))
+        elif kind == "grouped" and "best_anchor" in r:  # one summary row per table
+            rows.append((kind, f"{r['dataset']}: test {r['metric'].upper()}", _f(r["ours"], 4),
+                         _f(r["best_anchor_value"], 4),
+                         f"best anchor {r['best_anchor']} (ratio {r['ratio']}: "
+                         f"{'win' if r['wins'] else 'loss'})"))
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows[1:]]
     return "\n".join(lines)
