@@ -268,7 +268,7 @@ def model_line(table: Table, model: str, runs: list[dict[str, Any]]) -> dict[str
 def summary_line(table: Table, lines: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """ratio < 1: ours better (MSE: ours / best anchor; AUC: best anchor / ours)."""
     metric, higher = table.metric, table.metric == "auc"
-    anchors = {m: line[metric] for m, line in lines.items() if m != "hypernet"}
+    anchors = {m: line[metric] for m, line in lines.items() if not m.startswith("hypernet")}
     best = (max if higher else min)(anchors, key=anchors.__getitem__)
     ours = lines["hypernet"][metric]
     ratio = anchors[best] / ours if higher else ours / anchors[best]
@@ -316,7 +316,7 @@ def run_table(name: str, seeds: Sequence[int], l2s: Sequence[float],
                 continue
             lines[model] = model_line(table, model, runs)
             emit(lines[model])
-        if "hypernet" in lines and len(lines) > 1:
+        if "hypernet" in lines and any(not m.startswith("hypernet") for m in lines):
             emit(summary_line(table, lines))
         return len(lines) == len(todo)
 
