@@ -172,7 +172,9 @@ def fit_keras(table: Table, seed: int,
     builds an anchor instead of the hypernetwork (pooling strengths do not reach it)."""
     config = seeded(table.config, seed)
     build = None
-    if make is not None:
+    if make is not None:  # an anchor: one fit (pooling strengths do not reach it)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                      pooling=(0.0,)))
         layout = ModelLayout.from_transform(config, table.tft_output)
 
         def build(pooling: float, examples: int) -> tf.keras.Model:
@@ -201,7 +203,8 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
     preds, labels = predict(model, table)
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history),
-            "pooling": history["pooling"][0], "seconds": time.time() - start}
+            "pooling": history["pooling"][0], "generator": history["generator"][0],
+            "seconds": time.time() - start}
 
 
 def run_onehot_mlp(table: Table, seed: int, l2s: Sequence[float]) -> dict[str, Any]:
@@ -260,7 +263,7 @@ def model_line(table: Table, model: str, runs: list[dict[str, Any]]) -> dict[str
         machine=cpu_info())
     if model in ("hypernet", "onehot_mlp"):
         m = table.config.model
-        line.update(generator=m.generator, model_pooling=list(m.pooling),
+        line.update(model_generator=list(m.generator), model_pooling=list(m.pooling),
                     hidden_units=list(m.hidden_units))
     return line
 

@@ -114,7 +114,7 @@ def _pyplot():
 
 
 def plot_history(history: Mapping[str, Sequence[float]]) -> str | None:
-    keys = [k for k in history if not k.startswith("val_")]
+    keys = [k for k in history if not k.startswith("val_") and f"val_{k}" in history]
     if not keys:
         return None
     plt = _pyplot()

@@ -162,12 +162,13 @@ class ModelConfig:
     context_embedding_dim: int = 8
     # How the context becomes weights (README, "The hypernetwork"): "film" and "lowrank"
     # pool (shared network + a shrunk per-context deviation), "full" generates every weight.
-    generator: str = "film"
-    rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
     # Pooling strength lambda: the loss adds lambda / N * sum over contexts of |deviation|^2
     # (N training examples), a prior that keeps small groups near the shared network.
-    # Several values: one model each, the one with the best eval loss is kept.
-    pooling: tuple[float, ...] = (10.0,)
+    # Several kinds or strengths: one model for each pair, the best on eval is kept
+    # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks").
+    generator: tuple[str, ...] = ("film", "lowrank")
+    pooling: tuple[float, ...] = (3.0, 10.0)
+    rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
     # Generator "full": its trunk, optional chunking, and L2 on its head's kernel.
     generator_units: tuple[int, ...] = (64,)
     chunk_size: int = 0
@@ -432,8 +433,9 @@ class PipelineConfig:
             self._fail(f"span_pattern {self.span_pattern!r} has no {{SPAN}}")
         self._validate_gate_bounds()
         m = self.model
-        if m.generator not in GENERATORS:
-            self._fail(f"model.generator {m.generator!r} is not one of {GENERATORS}")
+        unknown = [g for g in m.generator if g not in GENERATORS]
+        if not m.generator or unknown:
+            self._fail(f"model.generator {list(m.generator)} must be one or more of {GENERATORS}")
         if not m.pooling or any(not isinstance(v, (int, float)) or v < 0 for v in m.pooling):
             self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
         if m.rank < 1:
@@ -488,6 +490,8 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
             data[key] = tuple(value)
     if cls is ModelConfig and isinstance(data.get("pooling"), (int, float)):
         data["pooling"] = (data["pooling"],)  # one value, written as a number
+    if cls is ModelConfig and isinstance(data.get("generator"), str):
+        data["generator"] = (data["generator"],)
     return cls(**data)
 
 

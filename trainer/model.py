@@ -98,13 +98,14 @@ def context_spec(config: PipelineConfig, layout: ModelLayout) -> ContextSpec:
     return ContextSpec(categorical, numeric, config.model.context_embedding_dim, oov_ids=oov)
 
 
-def generator_config(config: PipelineConfig, pooling: float = 0.0,
-                     train_examples: int = 0) -> GeneratorConfig:
+def generator_config(config: PipelineConfig, pooling: float = 0.0, train_examples: int = 0,
+                     kind: str | None = None) -> GeneratorConfig:
     """The library's generator settings; shrinkage = pooling / N, a prior on each group's
-    deviation in units of the mean training loss (0 when N is unknown: inference only)."""
+    deviation in units of the mean training loss (0 when N is unknown: inference only).
+    `kind`: one of model.generator (default its first)."""
     m = config.model
     return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
-                           head_l2=m.generator_l2, kind=m.generator, rank=m.rank,
+                           head_l2=m.generator_l2, kind=kind or m.generator[0], rank=m.rank,
                            shrinkage=pooling / train_examples if train_examples else 0.0)
 
 
@@ -137,13 +138,13 @@ class ConfiguredHyperModel(GraphModel):
     """Transformed features -> prediction, through the config's hypernetwork."""
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, pooling: float = 0.0,
-                 train_examples: int = 0, **kwargs: Any):
+                 train_examples: int = 0, kind: str | None = None, **kwargs: Any):
         require_legacy_keras()
         super().__init__(**kwargs)
         self.context_names = list(config.context)
         self.assembler = FeatureAssembler(config, layout, name="feature_assembler")
         self.hyper = HyperNetwork(target_spec(config, layout), context_spec(config, layout),
-                                  generator_config(config, pooling, train_examples),
+                                  generator_config(config, pooling, train_examples, kind),
                                   name="hypernetwork")
 
     def set_output_affine(self, scale: float, shift: float) -> None:

@@ -42,15 +42,20 @@ def load_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                       model_dir: str) -> ConfiguredHyperModel:
     """The trained composite, rebuilt from the config and the exported SavedModel's weights."""
     layout = ModelLayout.from_transform(config, tft_output)
-    model = ConfiguredHyperModel(config, layout, name="hyper_model")
-    # Create the variables as training did (same names): one empty raw example, transformed.
     spec = serving_feature_spec(config, tft_output)
     empty = tf.train.Example().SerializeToString()
-    model(tft_output.transform_features_layer()(tf.io.parse_example(tf.constant([empty]), spec)))
-    reason = copy_hypernetwork_weights(model.hyper, model_dir, with_output_affine=True)
-    if reason:
-        raise ValueError(f"cannot rebuild the hypernetwork from {model_dir}: {reason}")
-    return model
+    reasons = []
+    # The Trainer kept one of the config's generator kinds: the one whose variables match.
+    for kind in config.model.generator:
+        model = ConfiguredHyperModel(config, layout, kind=kind, name="hyper_model")
+        # Create the variables as training did (same names): one empty example, transformed.
+        model(tft_output.transform_features_layer()(
+            tf.io.parse_example(tf.constant([empty]), spec)))
+        reason = copy_hypernetwork_weights(model.hyper, model_dir, with_output_affine=True)
+        if reason is None:
+            return model
+        reasons.append(f"{kind}: {reason}")
+    raise ValueError(f"cannot rebuild the hypernetwork from {model_dir}: {'; '.join(reasons)}")
 
 
 @dataclasses.dataclass(frozen=True)

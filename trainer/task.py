@@ -212,17 +212,24 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      base_model: str | None = None, log_dir: str | None = None,
                      build: Callable[[float, int], tf.keras.Model] | None = None,
                      ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
-    """The trained model and its history: one model per `model.pooling` strength, each
-    seeded alike and early-stopped on eval; the lowest eval data loss is kept.
+    """The trained model and its history: one model per generator kind and pooling
+    strength of the config, each seeded alike and early-stopped on eval; the lowest eval
+    data loss is kept (eval chose it: only test judges it).
 
-    `build(pooling, train_examples)` makes each model (default: the configured
-    hypernetwork); the benchmarks pass their anchors through the same loop.
+    `build(pooling, train_examples)` makes each model instead (the benchmarks pass their
+    anchors through the same loop; then only the pooling strengths vary).
     """
     strategy = strategy or tf.distribute.get_strategy()
     layout = ModelLayout.from_transform(config, tft_output)
-    if build is None:
-        def build(pooling: float, examples: int) -> tf.keras.Model:
-            return ConfiguredHyperModel(config, layout, pooling, examples, name="hyper_model")
+    candidates: list[tuple[str, float]] = [
+        (kind, pooling) for kind in config.model.generator for pooling in config.model.pooling]
+    if build is not None:
+        candidates = [(config.model.generator[0], p) for p in config.model.pooling]
+        make = build
+    else:
+        def make(pooling: float, examples: int, kind: str = "") -> tf.keras.Model:
+            return ConfiguredHyperModel(config, layout, pooling, examples, kind,
+                                        name="hyper_model")
     train_ds = make_dataset(train_files, tft_output, config)
     eval_ds = make_dataset(eval_files, tft_output, config, training=False)
     stats = label_stats(train_files, tft_output, config)
@@ -232,10 +239,11 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     # in those units too (the loss is in the label's: shrinkage scales with its variance).
     loss_scale = stats.variance if regression and stats.variance > 0 else 1.0
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
-    for pooling in config.model.pooling:
+    for kind, pooling in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)
         with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
-            model = build(pooling * loss_scale, train_examples)
+            model = (make(pooling * loss_scale, train_examples) if build is not None
+                     else make(pooling * loss_scale, train_examples, kind))
             if regression:
                 model.set_output_affine(math.sqrt(loss_scale), stats.mean)
             compile_model(model, config)
@@ -244,8 +252,10 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                 warm_start(model.hyper, base_model, vocabulary_files(config, tft_output))
         history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)
         score = min(history[f"val_{DATA_LOSS}"])
-        logging.info("pooling %s: best eval %s %.6f", pooling, DATA_LOSS, score)
+        logging.info("generator %s, pooling %s: best eval %s %.6f", kind, pooling, DATA_LOSS,
+                     score)
         history["pooling"] = [float(pooling)]
+        history["generator"] = [kind]
         if best is None or score < best[0]:
             best = (score, model, history)
     assert best is not None  # the config requires at least one pooling value
