@@ -230,7 +230,6 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
         def make(pooling: float, examples: int, kind: str = "") -> tf.keras.Model:
             return ConfiguredHyperModel(config, layout, pooling, examples, kind,
                                         name="hyper_model")
-    train_ds = make_dataset(train_files, tft_output, config)
     eval_ds = make_dataset(eval_files, tft_output, config, training=False)
     stats = label_stats(train_files, tft_output, config)
     train_examples = stats.count
@@ -241,6 +240,10 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
     for kind, pooling in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)
+        # A new input pipeline per candidate: a shared one's shuffle state would carry over
+        # as far as its prefetching read ahead (timing-dependent), and each candidate would
+        # see another order from run to run.
+        train_ds = make_dataset(train_files, tft_output, config)
         with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
             model = (make(pooling * loss_scale, train_examples) if build is not None
                      else make(pooling * loss_scale, train_examples, kind))
