@@ -56,6 +56,7 @@ from tfx.components.util import tfxio_utils
 from tfx.types import standard_artifacts
 from tfx_bsl.public import tfxio
 
+from bench.grouped_data import rule_label
 from bench.machine import cpu_info
 from pipeline import configs
 from pipeline.configs import PipelineConfig
@@ -211,9 +212,8 @@ def raw_label(columns: dict[str, list], config: PipelineConfig) -> np.ndarray:
         if label.task != "binary":
             raise SystemExit("bench/quality.py scores binary labels only")
         return (np.nan_to_num(_number(columns[label.column])) > 0.5).astype(np.int64)
-    lhs = np.nan_to_num(_number(columns[rule.lhs]))
-    rhs = np.nan_to_num(_number(columns[rule.rhs])) if isinstance(rule.rhs, str) else rule.rhs
-    return np.asarray(rule.holds(lhs, rhs)).astype(np.int64)
+    rhs = _number(columns[rule.rhs]) if isinstance(rule.rhs, str) else rule.rhs
+    return rule_label(rule, _number(columns[rule.lhs]), rhs)
 
 
 def raw_matrix(columns: dict[str, list], config: PipelineConfig,
