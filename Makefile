@@ -26,7 +26,7 @@ help:
 	@echo "make retrain    one scheduled retraining pass over the newest span"
 	@echo "make split-spans  split the taxi sample into time-ordered spans"
 	@echo "make test       set up .venv, then run every test (unit + e2e)"
-	@echo "make test-fast  unit tests only (about 1.5 minutes)"
+	@echo "make test-fast  unit tests only (about 2 minutes)"
 	@echo "make lint       ruff"
 	@echo "make typecheck  mypy over the config and the hypernetwork library"
 	@echo "make bench      every benchmark: bench/results/<date>.jsonl + a Markdown table"
