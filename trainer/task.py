@@ -221,15 +221,13 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     """
     strategy = strategy or tf.distribute.get_strategy()
     layout = ModelLayout.from_transform(config, tft_output)
-    candidates: list[tuple[str, float]] = [
-        (kind, pooling) for kind in config.model.generator for pooling in config.model.pooling]
-    if build is not None:
-        candidates = [(config.model.generator[0], p) for p in config.model.pooling]
-        make = build
-    else:
-        def make(pooling: float, examples: int, kind: str = "") -> tf.keras.Model:
-            return ConfiguredHyperModel(config, layout, pooling, examples, kind,
-                                        name="hyper_model")
+    kinds = config.model.generator if build is None else config.model.generator[:1]
+    candidates = [(kind, pooling) for kind in kinds for pooling in config.model.pooling]
+
+    def make(kind: str, pooling: float, examples: int) -> tf.keras.Model:
+        if build is not None:
+            return build(pooling, examples)
+        return ConfiguredHyperModel(config, layout, pooling, examples, kind, name="hyper_model")
     eval_ds = make_dataset(eval_files, tft_output, config, training=False)
     stats = label_stats(train_files, tft_output, config)
     train_examples = stats.count
@@ -245,8 +243,7 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
         # see another order from run to run.
         train_ds = make_dataset(train_files, tft_output, config)
         with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
-            model = (make(pooling * loss_scale, train_examples) if build is not None
-                     else make(pooling * loss_scale, train_examples, kind))
+            model = make(kind, pooling * loss_scale, train_examples)
             if regression:
                 model.set_output_affine(math.sqrt(loss_scale), stats.mean)
             compile_model(model, config)
