@@ -69,21 +69,23 @@ class PooledGenerator(ParameterGenerator):
     def parts(self, conditioning: tf.Tensor) -> list[tf.Tensor]:
         return list(tf.split(self.deviation(conditioning), self.sizes, axis=-1))
 
+    def _deviation_kernel(self, conditioning: tf.Tensor) -> tf.Tensor:
+        """The map's [d, D] kernel, built from the conditioning's width on first use."""
+        if not self.to_deviation.built:
+            self.to_deviation.build(conditioning.shape)
+        return self.to_deviation.kernel
+
     def parts_per_example(self, conditioning: tf.Tensor, index: tf.Tensor) -> list[tf.Tensor]:
         """Each example's deviation, part by part: its conditioning row times each part's
         slice of the map (no [B, D] tensor split apart, whose gradient is a concat)."""
-        if not self.to_deviation.built:
-            self.to_deviation.build(conditioning.shape)
         rows = tf.gather(conditioning, index)
         return [tf.matmul(rows, k)
-                for k in tf.split(self.to_deviation.kernel, self.sizes, axis=1)]
+                for k in tf.split(self._deviation_kernel(conditioning), self.sizes, axis=1)]
 
     def penalty(self, rows: tf.Tensor) -> tf.Tensor:
         """sum over rows of |deviation(row)|^2, as sum((R^T R) * (K K^T)) for the bias-free
         map K: two [d, d] products instead of a [rows, D] matrix every step."""
-        if not self.to_deviation.built:
-            self.to_deviation.build(rows.shape)
-        kernel = self.to_deviation.kernel
+        kernel = self._deviation_kernel(rows)
         return tf.reduce_sum(tf.matmul(rows, rows, transpose_a=True)
                              * tf.matmul(kernel, kernel, transpose_b=True))
 
