@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, one results file, one Markdown table.
 
     python bench/run_all.py [--only train_step,quality,serving,scale,pipeline,grouped] [--quick]
+                            [--scale-rows 15000,150000,1500000]
 
 Runs each bench script in its own process (so one's threads and memory do not colour
 another's), collects the JSON lines they print, appends them to
@@ -95,9 +96,18 @@ def table(results: Sequence[dict]) -> str:
         elif kind == "scale":
             rows.append((kind, f"ExampleGen→Transform, {r['rows']} rows", f"{r['seconds']} s",
                          "", f"{r['rows_per_s']} rows/s"))
+            for component, rate in (r.get("component_rows_per_s") or {}).items():
+                rows.append((kind, f"{component}, {r['rows']} rows", f"{rate} rows/s", "", ""))
         elif kind == "pipeline":
             rows.append((kind, "whole pipeline, s (median)", _f(r["ours_s"], 1),
-                         _f(r["template_s"], 1), f"TFX taxi template (ratio {r['ratio']})"))
+                         _f(r["template_s"], 1), f"TFX taxi template, same Beam improvements "
+                         f"(ratio {r['ratio']}; as shipped: {r.get('ratio_untuned')})"))
+            if r.get("ratio_equal_steps") is not None:
+                steps = r["equal_steps"]
+                rows.append((kind, f"whole pipeline, s, {steps['steps']} steps of {steps['batch']}",
+                             _f(r["ours_equal_steps_seconds"], 1), _f(r["template_s"], 1),
+                             f"same template (ratio {r['ratio_equal_steps']}; AUC "
+                             f"{_f(r['ours_equal_steps_auc'], 3)} vs {_f(r['template_tuned_auc'], 3)})"))
         elif kind == "grouped" and "best_anchor" in r:  # one summary row per table
             rows.append((kind, f"{r['dataset']}: test {r['metric'].upper()}", _f(r["ours"], 4),
                          _f(r["best_anchor_value"], 4),
@@ -112,7 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default=",".join(BENCHES))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scale-rows", default=None, metavar="N,N,...",
+                        help="the scale bench's sizes instead of 15000,150000 (the README's "
+                        "1.5M-row line: --scale-rows 15000,150000,1500000, ~15 min more)")
     args = parser.parse_args()
+    if args.scale_rows:
+        BENCHES["scale"] = (["bench/scale.py", "--rows", args.scale_rows],) * 2
     results: list[dict] = []
     for name in args.only.split(","):
         full, quick = BENCHES[name]
