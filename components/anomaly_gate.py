@@ -9,6 +9,7 @@ the schema.
 
 import os
 
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
@@ -44,7 +45,7 @@ def check(anomalies_uri: str, split_names: list[str], min_severity: str) -> None
     for split in split_names:
         path = os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE)
         anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
+        with tf.io.gfile.GFile(path, "rb") as f:  # the pipeline root may be gs://
             anomalies.ParseFromString(f.read())
         problems += [f"[{split}] {p}" for p in blocking_anomalies(anomalies, min_severity)]
     if problems:

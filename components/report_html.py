@@ -77,10 +77,16 @@ def _count(values: Mapping[str, float]) -> float:
 
 
 def weights_projection(weights_file: str) -> dict[str, Any] | None:
-    """2-D PCA of the generated flat weights, one point per materialized context."""
-    if not os.path.exists(weights_file):
+    """2-D PCA of the generated flat weights, one point per materialized context.
+
+    Read through tf.io.gfile: on a gs:// pipeline root os.path.exists is always False
+    and the plot would silently vanish."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(weights_file):
         return None
-    data = np.load(weights_file)
+    with tf.io.gfile.GFile(weights_file, "rb") as f:
+        data = np.load(io.BytesIO(f.read()))
     names, weights = [str(n) for n in data["names"]], data["weights"].astype(np.float64)
     if len(names) < 2:
         return None

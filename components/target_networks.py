@@ -8,6 +8,7 @@ cannot do this: it skips every `saved_model.pb` below the top level of the model
 
 import json
 import os
+from collections.abc import Iterator
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -23,6 +24,52 @@ ModelEvaluation = tfx.types.standard_artifacts.ModelEvaluation
 PushedModel = tfx.types.standard_artifacts.PushedModel
 TransformGraph = tfx.types.standard_artifacts.TransformGraph
 SERVING_DIR = "Format-Serving"  # where TFX's path_utils look for a Model artifact's files
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def _tree(top: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder relative to top, its file names) of every folder below top, via tf.io.gfile.
+
+    Not os.walk / os.path.relpath: those take a URI for a local path (relpath resolves
+    "gs://b/x" against the working directory)."""
+    top = top.rstrip("/")
+    for root, _, files in tf.io.gfile.walk(top):
+        yield root.rstrip("/")[len(top):].lstrip("/"), files
+
+
+def copy_tree(source: str, target: str) -> None:
+    """Copy every folder and file below source to the same place below target."""
+    for rel, files in _tree(source):
+        tf.io.gfile.makedirs(os.path.join(target, rel))
+        for name in files:
+            tf.io.gfile.copy(os.path.join(source, rel, name), os.path.join(target, rel, name),
+                             overwrite=True)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def publish(staging: str, destination: str) -> None:
+    """Move the staged folder to destination.
+
+    A local directory rename is atomic. Object stores have no directory rename (GCS
+    moves object by object; TF's ram:// renames only the folder entry and loses the
+    files below it), so there the files are moved one by one, each SavedModel's
+    saved_model.pb and the manifest last: a loader keyed on them never finds a network
+    whose variables are still missing.
+    """
+    if _is_local(staging) and _is_local(destination):
+        tf.io.gfile.rename(staging, destination)
+        return
+    moves = []
+    for rel, files in _tree(staging):
+        tf.io.gfile.makedirs(os.path.join(destination, rel))
+        moves += [(os.path.join(staging, rel, n), os.path.join(destination, rel, n)) for n in files]
+    last = (SAVED_MODEL_FILE, MANIFEST_FILE)
+    for source, target in sorted(moves, key=lambda m: os.path.basename(m[0]) in last):
+        tf.io.gfile.rename(source, target)
+    tf.io.gfile.rmtree(staging)
 
 
 @tfx.dsl.components.component
@@ -58,9 +105,9 @@ def TargetNetworkPusher(
 ) -> None:
     """Copy the target networks to base_directory/<the hypernetwork's pushed version>.
 
-    Files go to a hidden staging folder that is renamed into place at the end, so a
-    crash never leaves a half-written version where a server would look; an existing
-    version is never overwritten.
+    Files go to a hidden staging folder that is moved into place at the end (`publish`),
+    so a crash never leaves a half-written version where a server would look; an
+    existing version is never overwritten.
     """
     pushed_target_networks.set_int_custom_property("pushed", 0)
     if not pushed_model.get_int_custom_property("pushed"):
@@ -73,13 +120,8 @@ def TargetNetworkPusher(
     staging = os.path.join(base_directory, f".{version}.incomplete")
     if tf.io.gfile.exists(staging):
         tf.io.gfile.rmtree(staging)
-    source = os.path.join(target_networks.uri, SERVING_DIR)
-    for root, _, files in tf.io.gfile.walk(source):
-        rel = os.path.relpath(root, source)
-        tf.io.gfile.makedirs(os.path.join(staging, rel))
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(staging, rel, name))
-    tf.io.gfile.rename(staging, destination)
+    copy_tree(os.path.join(target_networks.uri, SERVING_DIR), staging)
+    publish(staging, destination)
     pushed_target_networks.set_int_custom_property("pushed", 1)
     pushed_target_networks.set_string_custom_property("pushed_destination", destination)
     pushed_target_networks.set_string_custom_property("pushed_version", version)

@@ -15,10 +15,10 @@ import json
 import os
 from typing import Any
 
-import tensorflow as tf
 from absl import logging
 from tfx import v1 as tfx
 
+from components.storage import replace_file
 from pipeline.configs import VERDICT_FILE
 from trainer.eval_results import slice_metrics
 
@@ -150,14 +150,10 @@ def ModelVerdict(
                 deployment_blessing.set_string_custom_property(key, str(value))
     deployment_blessing.set_int_custom_property("blessed", int(verdict["blessed"]))
     marker = "BLESSED" if verdict["blessed"] else "NOT_BLESSED"
-    tf.io.gfile.makedirs(deployment_blessing.uri)
-    with tf.io.gfile.GFile(os.path.join(deployment_blessing.uri, marker), "w") as f:
-        f.write("")
+    replace_file(os.path.join(deployment_blessing.uri, marker), "")
     # This run's verdict next to its blessing, and the newest run's in verdict_dir.
     for folder in (deployment_blessing.uri, verdict_dir):
-        tf.io.gfile.makedirs(folder)
-        with tf.io.gfile.GFile(os.path.join(folder, VERDICT_FILE), "w") as f:
-            json.dump(verdict, f, indent=2)
+        replace_file(os.path.join(folder, VERDICT_FILE), json.dumps(verdict, indent=2))
     if verdict["blessed"]:
         logging.info("verdict: model BLESSED (%s = %s)", gate_metric, verdict["value"])
     else:

@@ -13,7 +13,7 @@ here, the gate-metric table and the artifact file names included.
 from __future__ import annotations
 
 import dataclasses
-import glob
+import logging
 import operator
 import os
 import re
@@ -327,19 +327,39 @@ class PipelineConfig:
 
     @property
     def uses_spans(self) -> bool:
+        """Whether files matching span_pattern exist under data_root (else: one plain folder).
+
+        Listed through tf.io.gfile, so a gs:// data_root is looked at, not assumed. A
+        remote root that cannot be listed here (a Kubeflow spec compiled without the
+        bucket's credentials) is taken as spans, as configured, with a warning;
+        `span_pattern: null` declares a plain folder.
+        """
         if not self.span_pattern:
             return False
-        if _is_remote(self.data_root):
+        import tensorflow as tf
+
+        pattern = os.path.join(self.data_root, self.span_pattern.replace("{SPAN}", "*"))
+        try:
+            return bool(tf.io.gfile.glob(pattern))
+        except tf.errors.OpError as e:
+            if not _is_remote(self.data_root):
+                raise
+            logging.getLogger(__name__).warning(
+                "%s: cannot list data_root %s (%s); reading it as spans %r (set span_pattern: "
+                "null for a plain folder)", self.source, self.data_root, e.message,
+                self.span_pattern)
             return True
-        return bool(glob.glob(os.path.join(self.data_root, self.span_pattern.replace("{SPAN}", "*"))))
 
     def spans(self) -> list[int]:
-        """Span numbers present under data_root (local data), ascending."""
-        if not self.span_pattern or _is_remote(self.data_root):
+        """Span numbers present under data_root (any filesystem tf.io.gfile reads), ascending."""
+        if not self.span_pattern:
             return []
+        import tensorflow as tf
+
         span_dir = self.span_pattern.split("/")[0]
         regex = re.compile("^" + re.escape(span_dir).replace(re.escape("{SPAN}"), r"(\d+)") + "$")
-        found = (regex.match(name) for name in os.listdir(self.data_root))
+        # Object stores list a folder as "span-1/".
+        found = (regex.match(name.rstrip("/")) for name in tf.io.gfile.listdir(self.data_root))
         return sorted(int(m[1]) for m in found if m)
 
     @property

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
-import glob
 import os
+
+import tensorflow as tf
 
 from pipeline.configs import ConfigError, PipelineConfig
 
@@ -14,13 +15,15 @@ def _fail(config: PipelineConfig, message: str) -> None:
 
 
 def input_files(config: PipelineConfig) -> list[str]:
-    """The CSV files this run reads: the selected spans', or data_root's top level."""
+    """The CSV files this run reads: the selected spans', or data_root's top level.
+
+    Through tf.io.gfile, as CsvExampleGen reads them: data_root may be gs://."""
     if not config.uses_spans:
-        return sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
+        return sorted(tf.io.gfile.glob(os.path.join(config.data_root, "*.csv")))
     files = []
     for span in config.spans()[-config.num_spans:]:
         pattern = config.span_pattern.replace("{SPAN}", str(span))
-        files += sorted(glob.glob(os.path.join(config.data_root, pattern)))
+        files += sorted(tf.io.gfile.glob(os.path.join(config.data_root, pattern)))
     return files
 
 
@@ -44,7 +47,7 @@ def check_data(config: PipelineConfig) -> None:
     if not files:
         _fail(config, f"no CSV file in {where!r}" + (" (an empty span)" if config.uses_spans else ""))
     for path in files:
-        with open(path, newline="") as f:
+        with tf.io.gfile.GFile(path) as f:  # no newline translation, as newline=""
             reader = csv.reader(f)
             header, first_row = next(reader, None), next(reader, None)
         if not header:
@@ -71,7 +74,7 @@ def check_label(config: PipelineConfig, files: list[str]) -> None:
     values: dict[str, str] = {}  # distinct value -> where first seen (file:row), a bounded few
     non_numeric: dict[str, str] = {}
     for path in files:
-        with open(path, newline="") as f:
+        with tf.io.gfile.GFile(path) as f:  # no newline translation, as newline=""
             for row_number, row in enumerate(csv.DictReader(f), start=2):
                 value = (row.get(column) or "").strip()
                 if value == "":

@@ -14,6 +14,7 @@ metrics.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -232,8 +233,12 @@ def export_target_networks(config: PipelineConfig, model_dir: str,
         networks.append({"context": raw, "model_input": inputs, "path": name,
                          "num_params": int(target.count_params()), "metrics": slice_})
         logging.info("target network %s: %s", name, raw)
-    np.savez_compressed(os.path.join(output_dir, WEIGHTS_FILE),
-                        names=np.array([n["path"] for n in networks]), weights=np.stack(weights))
+    # numpy writes local files only: the archive goes through tf.io.gfile (gs:// roots).
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, names=np.array([n["path"] for n in networks]),
+                        weights=np.stack(weights))
+    with tf.io.gfile.GFile(os.path.join(output_dir, WEIGHTS_FILE), "wb") as f:
+        f.write(buffer.getvalue())
     manifest = {"hypernetwork": model_dir, "context_features": list(config.context),
                 "output": config.output_name,
                 # How many contexts exist (None: a numeric context), which were exported.
