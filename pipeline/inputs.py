@@ -35,7 +35,7 @@ def check_data(config: PipelineConfig) -> None:
     header. Columns and types of scheduled spans are the anomaly gate's job (they
     are validated against the curated schema inside the pipeline).
     """
-    if config.schema_file and not os.path.exists(config.schema_file):
+    if config.schema_file and not tf.io.gfile.exists(config.schema_file):
         _fail(config, f"schema_file {config.schema_file!r} does not exist")
     if config.uses_spans:
         latest = config.span_pattern.split("/")[0].replace("{SPAN}", str(config.spans()[-1]))

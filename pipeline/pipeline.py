@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 
+import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
@@ -54,7 +55,7 @@ def create_pipeline(
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_file:
         # A curated schema: drift from what the model was designed for is caught.
-        with open(config.schema_file) as f:
+        with tf.io.gfile.GFile(config.schema_file) as f:  # a bucket's too
             schema_gen = CuratedSchemaGen(schema_text=f.read(),
                                           source=os.path.basename(config.schema_file))
     else:

@@ -316,6 +316,26 @@ def test_remote_data_root_with_and_without_spans(tmp_path, cwd):
     no_local_ram_folder(cwd, ROOT)
 
 
+def test_remote_schema_file_is_checked_and_read(tmp_path, cwd):
+    from pipeline.pipeline import create_pipeline
+
+    schema = f"ram://{uuid.uuid4().hex}/taxi.pbtxt"
+    with open(os.path.join(configs.PACKAGE_DIR, "schema", "taxi.pbtxt")) as f:
+        text = f.read()
+    tf.io.gfile.makedirs(os.path.dirname(schema))
+    with tf.io.gfile.GFile(schema, "w") as f:
+        f.write(text)
+    config = configs.load(write_config(str(tmp_path / "c.yaml"), base=configs.DEFAULT_CONFIG,
+                                       output_dir=str(tmp_path / "out"), schema_file=schema))
+    check_data(config)  # the schema exists remotely: no error
+    node = {c.id: c for c in create_pipeline(config).components}["CuratedSchemaGen"]
+    assert node.exec_properties["schema_text"] == text
+    missing = dataclasses.replace(config, schema_file=schema + ".gone")
+    with pytest.raises(configs.ConfigError, match=r"schema_file .*taxi.pbtxt.gone.* does not exist"):
+        check_data(missing)
+    no_local_ram_folder(cwd, ROOT)
+
+
 def test_unlistable_remote_data_root_is_read_as_configured_spans(tmp_path, caplog):
     """Compiling a Kubeflow spec without the bucket's credentials: the configured spans."""
     config = configs.load(write_config(str(tmp_path / "c.yaml"), base=configs.DEFAULT_CONFIG,
