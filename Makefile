@@ -23,8 +23,9 @@ TFX := $(VENV)/bin/tfx
 .PHONY: help venv run retrain split-spans test test-fast test-e2e lint typecheck bench image lock clean chromium
 help:
 	@echo "make run        set up .venv, then run the pipeline on the taxi data through the TFX CLI"
-	@echo "make retrain    one scheduled retraining pass over the newest span"
-	@echo "make split-spans  split the taxi sample into time-ordered spans"
+	@echo "make retrain    one scheduled retraining pass over the newest span of data/taxi-spans"
+	@echo "                (RETRAIN_CONFIG=pipeline/taxi-spans.yaml; IF_RUNNING=exit|wait)"
+	@echo "make split-spans  split the taxi sample into time-ordered spans in data/taxi-spans/"
 	@echo "make test       set up .venv, then run every test (unit + e2e)"
 	@echo "make test-fast  unit tests only (about 2 minutes)"
 	@echo "make lint       ruff"
@@ -53,11 +54,16 @@ run: $(STAMP)
 	$(PY) -m pipeline.summary --config $(HYPERNET_CONFIG)
 
 # Scheduled retraining: one pass over the newest span; non-zero exit when the data fails the
-# anomaly gate (a rejected model is a successful run that pushes nothing).
+# anomaly gate (a rejected model is a successful run that pushes nothing), 75 when another run
+# of the pipeline is in progress (IF_RUNNING=wait: wait for it instead). Its own config
+# variable: HYPERNET_CONFIG is make run's.
+RETRAIN_CONFIG ?= pipeline/taxi-spans.yaml
+IF_RUNNING ?= exit
 retrain: $(STAMP)
-	$(PY) -m pipeline.local_runner --retrain --config $(HYPERNET_CONFIG)
+	$(PY) -m pipeline.local_runner --retrain --config $(RETRAIN_CONFIG) --if-running $(IF_RUNNING)
 
-# Replay retraining on real data: the taxi sample split by time into data/taxi/span-1..3.
+# Replay retraining on real data: the taxi sample split by time into data/taxi-spans/span-1..3
+# (their own folder: data/taxi, what make run reads, is left as it is).
 split-spans: $(STAMP)
 	$(PY) -m pipeline.split_spans --spans 3
 
