@@ -194,6 +194,14 @@ class TrainingConfig:
     # tf.distribute.MultiWorkerMirroredStrategy over the workers named in $TF_CONFIG (each
     # worker runs run_fn; gradients are all-reduced; only the chief exports).
     distribution: str = "default"
+    # Worker processes that train together (README, "Scale out"). Above 1 it needs
+    # distribution: multi_worker_mirrored. Locally, run_fn starts them (trainer/launcher.py);
+    # the Kubeflow compile makes the Trainer a Vertex AI CustomJob: a chief and workers - 1
+    # workers of the pipeline image, on vertex_machine_type, in vertex_project/vertex_region.
+    workers: int = 1
+    vertex_project: str | None = None
+    vertex_region: str = "us-central1"
+    vertex_machine_type: str = "n1-standard-8"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,6 +496,11 @@ class PipelineConfig:
             self._fail("target_networks.report_slices must be >= 1")
         if t.distribution not in DISTRIBUTIONS:
             self._fail(f"training.distribution {t.distribution!r} is not one of {DISTRIBUTIONS}")
+        if not isinstance(t.workers, int) or t.workers < 1:
+            self._fail(f"training.workers must be a positive number of processes, got {t.workers!r}")
+        if t.workers > 1 and t.distribution != "multi_worker_mirrored":
+            self._fail(f"training.workers {t.workers} needs training.distribution: "
+                       f"multi_worker_mirrored (is {t.distribution!r}); --train-workers sets both")
         if self.beam.max_cache_memory_usage_mb < 0:
             self._fail(f"beam.max_cache_memory_usage_mb must be >= 0, "
                        f"got {self.beam.max_cache_memory_usage_mb}")
@@ -572,8 +585,25 @@ def serialize(config: PipelineConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# custom_config keys TFX's Vertex AI Trainer reads and passes on to run_fn with ours
+# (tfx.extensions.google_cloud_ai_platform: ai_platform_training_args, ..._enable_vertex, ...).
+_VERTEX_KEY_PREFIX = "ai_platform_"
+
+
 def deserialize(data: Mapping[str, Any]) -> PipelineConfig:
-    return from_dict(data, source=data.get("source", "<custom_config>"))
+    """The config in a component's custom_config (the Vertex Trainer's own keys dropped)."""
+    ours = {k: v for k, v in data.items() if not k.startswith(_VERTEX_KEY_PREFIX)}
+    return from_dict(ours, source=data.get("source", "<custom_config>"))
+
+
+def with_workers(config: PipelineConfig, workers: int) -> PipelineConfig:
+    """`--train-workers N`: N training processes, under multi_worker_mirrored when N > 1.
+
+    Part of the Trainer's custom_config, so a different N is a different Trainer execution.
+    """
+    distribution = "multi_worker_mirrored" if workers > 1 else config.training.distribution
+    return dataclasses.replace(config, training=dataclasses.replace(
+        config.training, workers=workers, distribution=distribution))  # replace() validates
 
 
 if __name__ == "__main__":

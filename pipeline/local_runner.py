@@ -2,7 +2,7 @@
 
     python -m pipeline.local_runner [--config FILE] [--retrain] [--if-running {exit,wait}]
         [--wait-timeout SECONDS] [--direct_running_mode multi_processing
-        --direct_num_workers 0] [--beam_arg=--NAME=VALUE ...]
+        --direct_num_workers 0] [--beam_arg=--NAME=VALUE ...] [--train-workers N]
     tfx pipeline create --engine local --pipeline_path pipeline/local_runner.py
     tfx run create --engine local --pipeline_name hypernet-taxi
 
@@ -69,12 +69,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
                         help=f"with --if-running=wait: give up (exit {run_lock.EX_TEMPFAIL}) "
                         "after this long (default: no limit)")
+    parser.add_argument("--train-workers", type=int, default=None, metavar="N",
+                        help="train in N local worker processes under MultiWorkerMirroredStrategy "
+                        "(sets training.workers and training.distribution; the Trainer starts "
+                        "them: trainer/launcher.py)")
     return parser.parse_args(argv)
 
 
 def build(argv: list[str]) -> tfx.dsl.Pipeline:
     args = parse_args(argv)
     config = configs.load(args.config)
+    if args.train_workers is not None:
+        # Part of the Trainer's custom_config: another number of workers, another execution.
+        config = configs.with_workers(config, args.train_workers)
     if args.retrain and not config.uses_spans:
         raise configs.ConfigError(
             f"--retrain needs spans matching {config.span_pattern!r} under {config.data_root} "

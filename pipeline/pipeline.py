@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Any
 
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
@@ -15,7 +16,7 @@ from components.curated_schema import CuratedSchemaGen
 from components.report import RunReport
 from components.target_networks import TargetNetworkExporter, TargetNetworkPusher
 from components.verdict import ModelVerdict
-from pipeline.configs import PipelineConfig, serialize
+from pipeline.configs import ConfigError, PipelineConfig, serialize
 from pipeline.eval_config import build_eval_config
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
@@ -29,10 +30,15 @@ def create_pipeline(
     beam_pipeline_args: list[str] | None = None,
     preprocessing_fn: str = PREPROCESSING_FN,
     run_fn: str = RUN_FN,
+    vertex_image: str | None = None,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
     -> Trainer -> (latest blessed model) -> Evaluator -> ModelVerdict (per-slice gate)
-    -> Pusher; TargetNetworkExporter -> TargetNetworkPusher; RunReport."""
+    -> Pusher; TargetNetworkExporter -> TargetNetworkPusher; RunReport.
+
+    `vertex_image` (the Kubeflow compile's image): with training.workers > 1 the Trainer
+    runs as a Vertex AI CustomJob of that image (vertex_trainer_config); locally run_fn
+    starts the workers itself (trainer/launcher.py)."""
     # What Transform and Trainer need; the schema travels as CuratedSchemaGen's parameter.
     custom_config = serialize(dataclasses.replace(config, schema_file=None))
 
@@ -87,7 +93,11 @@ def create_pipeline(
                                        producer_component_id=VERDICT_ID,
                                        output_key="deployment_blessing"),
     ).with_id("latest_blessed_model_resolver")
-    trainer = tfx.components.Trainer(
+    trainer_class, trainer_config = tfx.components.Trainer, custom_config
+    if vertex_image is not None and config.training.workers > 1:
+        trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer
+        trainer_config = {**custom_config, **vertex_trainer_config(config, vertex_image)}
+    trainer = trainer_class(
         run_fn=run_fn,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -95,7 +105,7 @@ def create_pipeline(
         base_model=model_resolver.outputs["model"],  # warm start (trainer/warm_start.py)
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=config.training.eval_steps),
-        custom_config=custom_config)
+        custom_config=trainer_config)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -146,3 +156,30 @@ def create_pipeline(
         beam_pipeline_args=beam_pipeline_args or config.beam.pipeline_args(),
     )
 
+
+def vertex_trainer_config(config: PipelineConfig, image: str) -> dict[str, Any]:
+    """The Vertex AI Trainer's custom_config keys: a CustomJob of training.workers replicas.
+
+    Pool 0 is the chief (one replica), pool 1 the other workers; Vertex sets each replica's
+    $TF_CONFIG (task "chief" or "worker"), every replica runs run_fn in `image`, and only
+    the chief exports (trainer.task.is_chief).
+    """
+    t = config.training
+    if not t.vertex_project:
+        raise ConfigError(f"{config.source}: training.workers {t.workers} on Kubeflow runs the "
+                          "Trainer on Vertex AI: set training.vertex_project (and vertex_region, "
+                          "vertex_machine_type)")
+    vertex = tfx.extensions.google_cloud_ai_platform
+
+    def pool(replicas: int) -> dict[str, Any]:
+        return {"machine_spec": {"machine_type": t.vertex_machine_type},
+                "replica_count": replicas, "container_spec": {"image_uri": image}}
+
+    return {
+        vertex.ENABLE_VERTEX_KEY: True,
+        vertex.VERTEX_REGION_KEY: t.vertex_region,
+        vertex.TRAINING_ARGS_KEY: {
+            "project": t.vertex_project,
+            "job_spec": {"worker_pool_specs": [pool(1), pool(t.workers - 1)]},
+        },
+    }

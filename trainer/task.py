@@ -24,6 +24,7 @@ from absl import logging
 from tfx import v1 as tfx
 
 from pipeline.configs import HISTORY_FILE, TRANSFORM_SIGNATURE, PipelineConfig, deserialize
+from trainer import launcher
 from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, without_keras_traces
 from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
@@ -202,8 +203,17 @@ def export(model: tf.keras.Model, config: PipelineConfig, tft_output: tft.TFTran
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """TFX Trainer entry point (run by every worker when training is distributed)."""
+    """TFX Trainer entry point (run by every worker when training is distributed).
+
+    With training.workers > 1 and no $TF_CONFIG (a local run), it starts the workers
+    instead, each running train_and_export (trainer/launcher.py says why processes).
+    """
+    if launcher.should_launch(fn_args.custom_config or {}):
+        launcher.launch_from_fn_args(fn_args)
+        return
     train_and_export(fn_args)
+    if os.environ.get("TF_CONFIG"):  # one replica of a cluster (Vertex AI)
+        launcher.await_chief_export(fn_args.serving_model_dir)
 
 
 def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,

@@ -69,6 +69,9 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(model__hidden_unitz=[3]), "unknown key(s) ['hidden_unitz']"),
     (with_(label__positive_when="tips >> fare", label__column=None), "is not of the form"),
     ({k: v for k, v in BASE.items() if k != "label"}, "missing required key(s) ['label']"),
+    (with_(training__workers=2), "training.workers 2 needs training.distribution: "
+                                 "multi_worker_mirrored"),
+    (with_(training__workers=0), "training.workers must be a positive number"),
 ])
 def test_invalid_configs_name_the_problem(tmp_path, data, message):
     path = write(tmp_path, data)
@@ -104,3 +107,15 @@ def test_label_rule_parsing():
     assert (rule.lhs, rule.op, rule.factor, rule.rhs) == ("tips", ">=", 0.15, "fare")
     assert configs.LabelRule.parse("score > 3").rhs == 3.0
     assert configs.LabelRule.parse("score > 3").columns == ("score",)
+
+
+def test_train_workers_sets_the_strategy_and_travels_in_custom_config(tmp_path):
+    config = configs.with_workers(configs.load(write(tmp_path, BASE)), 3)
+    assert (config.training.workers, config.training.distribution) == (3, "multi_worker_mirrored")
+    assert configs.with_workers(config, 1).training.workers == 1
+    # The Vertex AI Trainer passes its own keys to run_fn along with ours.
+    custom = {**configs.serialize(config), "ai_platform_training_args": {"project": "p"},
+              "ai_platform_enable_vertex": True}
+    assert configs.deserialize(custom) == config
+    with pytest.raises(configs.ConfigError, match="training.workers must be"):
+        configs.with_workers(config, 0)
