@@ -259,7 +259,8 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
             compile_model(model, config)
             if config.training.warm_start and isinstance(model, ConfiguredHyperModel):
                 model(next(iter(train_ds))[0])  # build the variables before copying into them
-                warm_start(model.hyper, base_model, vocabulary_files(config, tft_output))
+                warm_start(model.hyper, base_model, vocabulary_files(config, tft_output),
+                           shared_columns=layout.shared_columns)
         history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)
         score = min(history[f"val_{DATA_LOSS}"])
         logging.info("generator %s, pooling %s: best eval %s %.6f", kind, pooling, DATA_LOSS,

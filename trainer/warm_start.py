@@ -1,31 +1,32 @@
 """Warm start: begin retraining from the last blessed model's generator weights.
 
-Only when the architecture matches exactly: the same vocabularies (an id must mean
-the same value: embedding rows and one-hot inputs are indexed by it) and the same
-variables with the same shapes. Otherwise training starts from scratch and the
-reason is logged, never half-copied.
+A new span reorders and grows the vocabularies, and an id indexes weights: a context
+id a row of the context embedding, a categorical token a row of the target's first
+kernel, a class a column of its last layer. So the base model's weights are mapped to
+this run's vocabularies *by token*: a token in both keeps its row wherever its id
+moved; a token the base model did not know starts as the base model treated it, as
+out-of-vocabulary (its categorical input row = its column's OOV row; its context
+embedding = zero, the OOV context's, i.e. the shared network); a class it did not
+know keeps this model's initialisation; a dropped token's row is gone. Every other
+variable is copied as it is. The warm-started model thus computes, before its first
+step, what the base model computed for every token it knew.
+
+Any other difference (another variable, another shape, a generator whose weights
+cannot be remapped) means training from scratch, with the reason logged: never a
+half-copied model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
-
-def vocabulary_change(vocabularies: Mapping[str, str], base_model_dir: str) -> str | None:
-    """Which vocabulary differs between this run (name -> file) and the base model's assets."""
-    for name, path in sorted(vocabularies.items()):
-        base = os.path.join(base_model_dir, "assets", os.path.basename(path))
-        if not tf.io.gfile.exists(base):
-            return f"the base model has no vocabulary {os.path.basename(path)}"
-        with tf.io.gfile.GFile(path, "rb") as ours, tf.io.gfile.GFile(base, "rb") as theirs:
-            if ours.read() != theirs.read():
-                return f"vocabulary of {name} changed since the base model"
-    return None
+from trainer.features import vocab_filename
+from trainer.vocab_remap import build_remap, read_vocabulary, remapped_value, variable_remaps
 
 
 def _key(variable: tf.Variable) -> str:
@@ -33,15 +34,17 @@ def _key(variable: tf.Variable) -> str:
     return variable.name.split("/", 1)[-1]
 
 
-def mismatch(model_vars: list[tf.Variable], base_vars: list[tf.Variable]) -> str | None:
-    """Why the base variables cannot initialise the model's, or None when they can."""
-    ours = {_key(v): tuple(v.shape) for v in model_vars}
+def mismatch(model_vars: list[tf.Variable], base_vars: list[tf.Variable],
+             remapped: Mapping[int, Any] | None = None) -> str | None:
+    """Why the base variables cannot initialise the model's, or None when they can
+    (`remapped`: ids of variables whose shape may differ, being remapped)."""
+    ours = {_key(v): (tuple(v.shape), id(v)) for v in model_vars}
     theirs = {_key(v): tuple(v.shape) for v in base_vars}
     if ours.keys() != theirs.keys():
         missing, extra = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
         return f"different variables (new: {missing[:3]}, gone: {extra[:3]})"
-    for name, shape in ours.items():
-        if theirs[name] != shape:
+    for name, (shape, ident) in ours.items():
+        if theirs[name] != shape and ident not in (remapped or {}):
             return f"{name} has shape {theirs[name]} in the base model, {shape} now"
     return None
 
@@ -66,6 +69,14 @@ def trainable_variables_under(root: Any) -> list[tf.Variable]:
     return found
 
 
+def _load_base(model_dir: str) -> tuple[Any, list[tf.Variable]] | str:
+    try:
+        base = tf.saved_model.load(model_dir).hyper
+        return base, trainable_variables_under(base)
+    except (OSError, ValueError, AttributeError) as e:
+        return f"cannot read the base model at {model_dir}: {e}"
+
+
 def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str,
                               with_output_affine: bool = False) -> str | None:
     """Set `hyper`'s variables (built) from an exported model's; None, or why not.
@@ -73,11 +84,10 @@ def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str,
     `with_output_affine`: also its label scaling (rebuilding that model), which a warm
     start must not take (this run's labels set its own).
     """
-    try:
-        base = tf.saved_model.load(model_dir).hyper
-        base_vars = trainable_variables_under(base)
-    except (OSError, ValueError, AttributeError) as e:
-        return f"cannot read the base model at {model_dir}: {e}"
+    loaded = _load_base(model_dir)
+    if isinstance(loaded, str):
+        return loaded
+    base, base_vars = loaded
     reason = mismatch(hyper.trainable_variables, base_vars)
     if reason is None:
         by_key = {_key(v): v for v in base_vars}
@@ -89,19 +99,74 @@ def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str,
 
 
 def warm_start(hyper: tf.keras.Model, base_model_dir: str | None,
-               vocabularies: Mapping[str, str]) -> str | None:
-    """Copy the base model's hypernetwork weights into `hyper` (already built).
+               vocabularies: Mapping[str, str],
+               shared_columns: Sequence[str] | None = None) -> str | None:
+    """Copy the base model's hypernetwork weights into `hyper` (already built), by token.
 
-    `vocabularies`: this run's vocabulary files by feature. Returns None when copied,
-    else the reason it was not.
+    `vocabularies`: this run's vocabulary files by what they encode (model.vocabulary_files);
+    `shared_columns`: the columns of the shared categorical vocabulary, in id order
+    (ModelLayout.shared_columns). Returns None when warm-started, else the reason not.
     """
-    if not base_model_dir:
-        reason = "no blessed model yet"
-    elif (reason := vocabulary_change(vocabularies, base_model_dir)) is not None:
-        pass
-    elif (reason := copy_hypernetwork_weights(hyper, base_model_dir)) is None:
-        logging.info("warm start: %d generator variables from %s",
-                     len(hyper.trainable_variables), base_model_dir)
-        return None
-    logging.warning("warm start skipped, training from scratch: %s", reason)
+    reason = _warm_start(hyper, base_model_dir, vocabularies, shared_columns) \
+        if base_model_dir else "no blessed model yet"
+    if reason is not None:
+        logging.warning("warm start skipped, training from scratch: %s", reason)
     return reason
+
+
+def _warm_start(hyper: tf.keras.Model, base_model_dir: str, vocabularies: Mapping[str, str],
+                shared_columns: Sequence[str] | None) -> str | None:
+    remap = build_remap(hyper, vocabularies, base_model_dir, shared_columns)
+    if isinstance(remap, str):
+        return remap
+    hows = variable_remaps(hyper, remap)
+    if isinstance(hows, str):
+        return hows
+    loaded = _load_base(base_model_dir)
+    if isinstance(loaded, str):
+        return loaded
+    _, base_vars = loaded
+    ours = hyper.trainable_variables
+    if (reason := mismatch(ours, base_vars, hows)) is not None:
+        return reason
+    by_key = {_key(v): v for v in base_vars}
+    values = []  # every value first: a mismatch found late must not leave a half copy
+    for variable in ours:
+        base = by_key[_key(variable)].numpy()
+        value = base if id(variable) not in hows else remapped_value(
+            variable.numpy(), base, hows[id(variable)])
+        if isinstance(value, str):
+            return f"{_key(variable)} {value}"
+        values.append(value)
+    for variable, value in zip(ours, values):
+        variable.assign(value)
+    remapped = sum(id(v) in hows for v in ours)
+    initialised = len(ours) - len(values)  # none: a variable the base lacks is a mismatch
+    logging.info("warm start from %s: %d variables copied, %d remapped by vocabulary (%s), "
+                 "%d initialised", base_model_dir, len(ours) - remapped, remapped,
+                 "; ".join(v.describe() for v in remap.vocabs) or "vocabularies unchanged",
+                 initialised)
+    _log_context_rows(hyper, vocabularies, base_model_dir)
+    return None
+
+
+def _log_context_rows(hyper: tf.keras.Model, vocabularies: Mapping[str, str],
+                      base_model_dir: str) -> None:
+    """One shared token per context vocabulary (one whose id moved, if any) with its
+    warm-started embedding row: a check against the base model, before the first step."""
+    for column in hyper.context.categorical:
+        path = next((p for p in vocabularies.values()
+                     if os.path.basename(p) == vocab_filename(column)), None)
+        if path is None:
+            continue
+        old = read_vocabulary(os.path.join(base_model_dir, "assets", os.path.basename(path)))
+        new = read_vocabulary(path)
+        old_ids = {t: i for i, t in enumerate(old)}
+        shared = [(i, old_ids[t], t) for i, t in enumerate(new) if t in old_ids]
+        if not shared:
+            continue
+        new_id, old_id, token = next((s for s in shared if s[0] != s[1]), shared[0])
+        row = hyper.encoder.embeddings[column].embeddings.numpy()[new_id]
+        logging.info("warm start check: %s token %r id %d (base id %d) embedding row %s",
+                     column, token.decode("utf-8", "replace"), new_id, old_id,
+                     [float(x) for x in row])

@@ -8,19 +8,23 @@ each test asserts one of the six promised behaviours on that record.
 import csv
 import dataclasses
 import hashlib
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from pipeline import configs
 from pipeline.split_spans import split_spans
-from pipeline.summary import summarize
+from pipeline.summary import run_artifacts, summarize
 from tests.support import ROOT, TAXI_CSV, pipeline_env, write_config
 from trainer.eval_results import slice_metrics
 
@@ -38,6 +42,50 @@ class Step:
     summary: dict | None = None
     targets_before: dict = dataclasses.field(default_factory=dict)  # pushed target networks
     targets_after: dict = dataclasses.field(default_factory=dict)
+    runs: list = dataclasses.field(default_factory=list)  # its pipeline run ids (ML Metadata)
+
+
+def metadata_store(config):
+    from ml_metadata import metadata_store as mlmd
+    from tfx.orchestration import metadata
+
+    return mlmd.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
+
+
+def run_ids(config) -> set[str]:
+    """Every pipeline run recorded so far (a run's context exists from its first node on)."""
+    if not os.path.exists(config.metadata_path):
+        return set()
+    return {c.name for c in metadata_store(config).get_contexts_by_type("pipeline_run")}
+
+
+def execution_states(config, run_id: str) -> dict[str, list[str]]:
+    """{node id: the states of its executions} in one pipeline run, as ML Metadata has them."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = metadata_store(config)
+    run = next(c for c in store.get_contexts_by_type("pipeline_run") if c.name == run_id)
+    node_type = store.get_context_type("node").id
+    states: dict[str, list[str]] = {}
+    for execution in store.get_executions_by_context(run.id):
+        node = next(c.name for c in store.get_contexts_by_execution(execution.id)
+                    if c.type_id == node_type)
+        states.setdefault(node.split(".", 1)[-1], []).append(
+            metadata_store_pb2.Execution.State.Name(execution.last_known_state))
+    return states
+
+
+def trainer_history(config, run_id: str) -> dict:
+    """The Keras history the Trainer saved in its model_run, for one run."""
+    model_run = run_artifacts(config.metadata_path, run_id)["model_run"][0].uri
+    with open(os.path.join(model_run, configs.HISTORY_FILE)) as f:
+        return json.load(f)
+
+
+def transform_executing(output: str) -> bool:
+    """The local runner started Transform and registered its execution: Beam is running it."""
+    start = output.find("Component Transform is running.")
+    return start >= 0 and "Going to run a new execution" in output[start:]
 
 
 def serving_snapshot(config, folder: str | None = None) -> dict[str, str]:
@@ -120,13 +168,17 @@ class Replay:
         if data_edit:
             self.span(data_edit[0], data_edit[1], source=data_edit[2])
         before, targets = serving_snapshot(self.config), targets_snapshot(self.config)
+        config = configs.load(config_path or self.config_path)  # its own store, maybe
+        runs = run_ids(config)
         done = subprocess.run(self.command(config_path), cwd=ROOT, env=pipeline_env(),
                               capture_output=True, text=True)
         step = Step(name, done.returncode, done.stdout + done.stderr, before,
                     serving_snapshot(self.config), targets_before=targets,
-                    targets_after=targets_snapshot(self.config))
+                    targets_after=targets_snapshot(self.config),
+                    runs=sorted(run_ids(config) - runs))
         if done.returncode == 0:
-            step.summary = summarize(configs.load(config_path or self.config_path))
+            assert len(step.runs) == 1, step.runs
+            step.summary = summarize(config, step.runs[0])
         self.steps[name] = step
         return step
 
@@ -138,9 +190,12 @@ class Replay:
     def remove_span(self, number: int) -> None:
         shutil.rmtree(self.data / f"span-{number}")
 
-    def run_killed_in_trainer(self, name: str, timeout: float = 900) -> Step:
-        """Start a run, SIGKILL its whole process group once the Trainer is running."""
-        before = serving_snapshot(self.config)
+    def run_killed(self, name: str, inside: Callable[[str], bool], settle: float = 0.0,
+                   timeout: float = 900) -> Step:
+        """Start a run, SIGKILL its whole process group once `inside(log so far)` holds
+        (and `settle` seconds more)."""
+        before, targets, runs = serving_snapshot(self.config), targets_snapshot(self.config), \
+            run_ids(self.config)
         log = open(self.tmp / f"{name}.log", "w+")
         proc = subprocess.Popen(self.command(), cwd=ROOT, env=pipeline_env(), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -148,15 +203,18 @@ class Replay:
         while time.time() < deadline and proc.poll() is None:
             log.flush()
             with open(log.name) as f:
-                if "Epoch 1/" in f.read():  # Keras is fitting inside the Trainer
+                if inside(f.read()):
                     break
             time.sleep(1)
-        assert proc.poll() is None, "the run ended before the Trainer started"
+        time.sleep(settle)
+        assert proc.poll() is None, f"the run ended before the kill ({name})"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         with open(log.name) as f:
             output = f.read()
-        step = Step(name, proc.returncode, output, before, serving_snapshot(self.config))
+        step = Step(name, proc.returncode, output, before, serving_snapshot(self.config),
+                    targets_before=targets, targets_after=targets_snapshot(self.config),
+                    runs=sorted(run_ids(self.config) - runs))
         self.steps[name] = step
         return step
 
@@ -182,8 +240,17 @@ def replay(tmp_path_factory):
     # 2. Shuffled labels: a worse model, not blessed.
     r.span(2, shuffle_column("tips"), source=2)
     r.run("shuffled_labels")
-    # 3. Good new data: blessed and pushed next to the old version.
+    # 3a. Span 3 after span 1 on a short budget (10 steps an epoch), warm and cold, with the
+    # candidate span 1's run kept (the kind its generator is): what warm start buys. An
+    # unreachable gate keeps both from being blessed: span 1's model stays the baseline.
     r.span(3, source=3)
+    kept = trainer_history(r.config, r.steps["first"].runs[0])
+    for name, warm in (("warm_span_3", True), ("cold_span_3", False)):
+        r.run(name, write_config(
+            str(r.tmp / f"{name}.yaml"), base=r.config_path, gates={"lower_bound": 0.999},
+            training={**TRAINING, "train_steps": 20, "warm_start": warm},
+            model={"generator": kept["generator"], "pooling": kept["pooling"]}))
+    # 3. Good new data: blessed and pushed next to the old version.
     r.run("good")
     # A candidate worse in a context slice while the overall gates are opened wide: only
     # the per-slice gate can reject it. (Both models are judged on the new span's eval
@@ -196,11 +263,15 @@ def replay(tmp_path_factory):
                "slice_tolerance": 0.03, "min_slice_examples": 200, "anomaly_severity": "ERROR"}),
         data_edit=(4, None, 2))
     # 4. Killed in the Trainer, then the same command again (span 4 as above).
-    r.run_killed_in_trainer("killed")
+    r.run_killed("killed", lambda log: "Epoch 1/" in log)  # Keras is fitting in the Trainer
     r.run("rerun_after_kill")
-    # Same data, another training budget: Transform is reused, the Trainer warm-starts.
+    # Same data, another training budget: the Trainer warm-starts, vocabularies unchanged.
     r.run("warm_restart", write_config(str(r.tmp / "more.yaml"), base=r.config_path,
                                        training={**TRAINING, "train_steps": 240}))
+    # 4b. Killed inside Transform on a new span (span 3's rows again), then again.
+    r.span(5, source=3)
+    r.run_killed("killed_in_transform", transform_executing, settle=5)
+    r.run("rerun_after_transform_kill")
     return r
 
 
@@ -261,8 +332,80 @@ def test_good_span_is_pushed_as_a_new_version_next_to_the_old(replay):
         {p.split(os.sep)[0] for p in step.targets_before} | {version}
     assert {p: h for p, h in step.targets_after.items() if p in step.targets_before} == \
         step.targets_before
-    # New span, new vocabularies: ids mean other values, so no copy; the log says why.
-    assert "warm start skipped, training from scratch: vocabulary of" in step.output
+
+
+WARM = re.compile(r"warm start from (\S+): (\d+) variables copied, (\d+) remapped by vocabulary "
+                  r"\((.*)\), (\d+) initialised")
+CHECK = re.compile(r"warm start check: payment_type token '(.*)' id (\d+) \(base id (\d+)\) "
+                   r"embedding row \[(.*)\]")
+
+
+def warm_started_candidates(output: str) -> dict[tuple[str, float], bool]:
+    """{(generator, pooling): warm-started?} from the Trainer's log, candidate by candidate."""
+    out, warm = {}, None
+    for m in re.finditer(r"warm start from |warm start skipped|generator (\w+), pooling "
+                         r"([\d.]+): best eval", output):
+        if m.group(1):
+            out[(m.group(1), float(m.group(2)))] = warm
+        else:
+            warm = m.group(0) == "warm start from "
+    return out
+
+
+def test_good_span_warm_starts_from_span_1_by_token(replay):
+    """Span 3 after span 1: new vocabularies, yet the generator is copied, remapped by token."""
+    import tensorflow as tf
+    import tensorflow_transform  # noqa: F401 - its ops, for the exported transform graph
+
+    from trainer.vocab_remap import read_vocabulary
+    from trainer.warm_start import trainable_variables_under
+
+    step, first = replay.steps["good"], replay.steps["first"]
+    warm = WARM.search(step.output)
+    assert warm, step.output[-3000:]
+    base_dir, copied, remapped, vocabularies, initialised = warm.groups()
+    assert base_dir.startswith(first.summary["model_uri"])  # span 1's blessed model
+    assert int(remapped) >= 1 and int(copied) >= 1 and int(initialised) == 0
+    assert re.search(r"the categorical columns: \d+ rows copied, \d+ new \(as their column's "
+                     r"OOV\), \d+ dropped", vocabularies), vocabularies
+    # Every candidate of span 1's generator kind warm-started (another kind cannot).
+    kind = trainer_history(replay.config, first.runs[0])["generator"][0]
+    candidates = warm_started_candidates(step.output)
+    assert {warm for (k, _), warm in candidates.items() if k == kind} == {True}, candidates
+    # A shared context value's embedding row, read from the new model before its first
+    # step, is the row span 1's model holds for that value, at its id there.
+    check = CHECK.search(step.output)
+    assert check, step.output[-3000:]
+    token, new_id, old_id, row = check.group(1), int(check.group(2)), int(check.group(3)), \
+        np.array([float(x) for x in check.group(4).split(",")], np.float32)
+    transform = run_artifacts(replay.config.metadata_path, step.runs[0])["transform_graph"][0].uri
+    new_vocab = read_vocabulary(os.path.join(transform, "transform_fn", "assets",
+                                             "vocab_payment_type"))
+    assert new_vocab[new_id] == token.encode()
+    assert read_vocabulary(os.path.join(base_dir, "assets", "vocab_payment_type"))[old_id] == \
+        token.encode()
+    base = trainable_variables_under(tf.saved_model.load(base_dir).hyper)
+    table = next(v for v in base if "embed_payment_type/embeddings" in v.name).numpy()
+    np.testing.assert_array_equal(row, table[old_id])
+    assert np.any(row != 0)
+
+
+def test_warm_start_beats_a_cold_start_on_the_same_span(replay):
+    """First-epoch validation loss on span 3: warm from span 1 vs the same candidate cold."""
+    warm_step, cold_step = replay.steps["warm_span_3"], replay.steps["cold_span_3"]
+    for step in (warm_step, cold_step):
+        assert step.returncode == 0, step.output[-3000:]
+        assert step.summary["blessed"] is False and step.serving_after == step.serving_before
+    warm_line = WARM.search(warm_step.output)
+    assert warm_line and warm_line.group(1).startswith(
+        replay.steps["first"].summary["model_uri"]), warm_step.output[-3000:]
+    assert "warm start" not in cold_step.output
+    warm = trainer_history(replay.config, warm_step.runs[0])
+    cold = trainer_history(replay.config, cold_step.runs[0])
+    assert (cold["generator"], cold["pooling"]) == (warm["generator"], warm["pooling"])
+    print(f"span 3, {warm['generator'][0]} pooling {warm['pooling'][0]}: first-epoch "
+          f"val_data_loss warm {warm['val_data_loss'][0]:.6f}, cold {cold['val_data_loss'][0]:.6f}")
+    assert warm["val_data_loss"][0] < cold["val_data_loss"][0]
 
 
 def test_a_context_slice_that_regressed_blocks_the_push(replay):
@@ -282,29 +425,62 @@ def test_warm_start_when_vocabularies_match(replay):
     """Same span, a changed training budget: Transform is cached, the generator is copied."""
     step = replay.steps["warm_restart"]
     assert step.returncode == 0, step.output[-3000:]
-    assert "warm start: " in step.output and "generator variables from" in step.output
+    warm = WARM.search(step.output)
+    assert warm and int(warm.group(2)) >= 1, step.output[-3000:]
 
 
-def test_rerun_after_sigkill_in_trainer_completes_with_cached_upstream(replay):
-    killed, rerun = replay.steps["killed"], replay.steps["rerun_after_kill"]
+FINISHED = ("COMPLETE", "CACHED")
+
+
+def crash_and_rerun(replay, killed_name: str, rerun_name: str, killed_node: str):
+    """The killed run's and the re-run's executions, by their own run ids; checks common
+    to every kill: nothing pushed by the killed run, the killed execution left unfinished,
+    every node upstream of it that finished taken from cache in the re-run."""
+    killed, rerun = replay.steps[killed_name], replay.steps[rerun_name]
     assert killed.returncode == -signal.SIGKILL
-    assert killed.serving_after == killed.serving_before
+    assert killed.serving_after == killed.serving_before  # byte-identical
+    assert killed.targets_after == killed.targets_before
     assert rerun.returncode == 0, rerun.output[-3000:]
-    assert rerun.summary["blessed"] is not None
-    # Upstream of the Trainer came from the killed run's executions, not recomputed.
-    assert rerun.output.count("A cached execution") >= 4
-    from ml_metadata import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-    from tfx.orchestration import metadata
+    assert len(killed.runs) == 1 and len(rerun.runs) == 1 and killed.runs != rerun.runs
+    before, after = (execution_states(replay.config, s.runs[0]) for s in (killed, rerun))
+    # The killed execution is recorded, and not as finished.
+    assert len(before[killed_node]) == 1 and before[killed_node][0] not in FINISHED, before
+    upstream = {node for node, states in before.items()
+                if node != killed_node and all(state in FINISHED for state in states)}
+    assert {"CsvExampleGen", "StatisticsGen", "ExampleValidator"} <= upstream, before
+    for node in upstream - {n for n in upstream if "resolver" in n}:
+        assert after[node] == ["CACHED"], (node, after)
+    # The killed node ran again, and so did everything after it; the re-run is complete.
+    assert after[killed_node] == ["COMPLETE"], after
+    assert all(state in FINISHED for states in after.values() for state in states), after
+    for node in ("Trainer", "Evaluator", "Pusher"):
+        assert after[node] == ["COMPLETE"], after
+    return killed, rerun, before, after, upstream
 
-    store = metadata_store.MetadataStore(
-        metadata.sqlite_metadata_connection_config(replay.config.metadata_path))
-    run = max(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
-    states = [(store.get_execution_types_by_id([e.type_id])[0].name.rsplit(".", 1)[-1],
-               metadata_store_pb2.Execution.State.Name(e.last_known_state))
-              for e in store.get_executions_by_context(run.id)]
-    assert len(states) >= 10, states  # every component of the rerun is recorded
-    assert all(state in ("COMPLETE", "CACHED") for _, state in states), states
+
+def test_rerun_after_sigkill_in_trainer_reuses_upstream_and_pushes(replay):
+    killed, rerun, before, after, upstream = crash_and_rerun(
+        replay, "killed", "rerun_after_kill", "Trainer")
+    assert "Transform" in upstream  # finished before the kill: cached, not recomputed
+    assert not {"Evaluator", "Pusher"} & set(before)  # the killed run got no further
+    # Span 4 is good data: the re-run's model is blessed and pushed as a new version.
+    summary = rerun.summary
+    assert summary["run"] == rerun.runs[0]
+    assert summary["blessed"] is True and summary["pushed"] is True, summary.get("verdict")
+    version = os.path.basename(summary["pushed_destination"])
+    assert {p.split(os.sep)[0] for p in rerun.serving_after} == \
+        {p.split(os.sep)[0] for p in rerun.serving_before} | {version}
+
+
+def test_rerun_after_sigkill_in_transform_recomputes_transform_and_downstream(replay):
+    killed, rerun, before, after, upstream = crash_and_rerun(
+        replay, "killed_in_transform", "rerun_after_transform_kill", "Transform")
+    assert "Trainer" not in before  # killed before anything downstream of Transform
+    assert "Transform" in killed.output and "Transform" not in upstream
+    summary = rerun.summary
+    assert summary["run"] == rerun.runs[0]
+    assert summary["blessed"] == summary["verdict"]["blessed"]
+    assert summary["pushed"] is summary["blessed"], summary.get("verdict")
 
 
 def test_same_span_and_seed_give_the_same_model(replay, tmp_path):

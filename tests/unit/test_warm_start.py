@@ -1,4 +1,6 @@
-"""Warm start copies the base generator only when vocabularies and shapes match."""
+"""Warm start maps the base generator onto new vocabularies by token; shapes must match."""
+
+import logging
 
 import numpy as np
 import pytest
@@ -8,59 +10,173 @@ from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.target_spec import TargetSpec
-from trainer.warm_start import warm_start
+from trainer.warm_start import read_vocabulary, warm_start
 
-SPEC = TargetSpec.from_layers([6, 8, 1])
+NUMERIC = 2  # numeric inputs before the shared categorical block
+COLUMNS = ["x", "y"]  # the shared vocabulary's columns, in id order (one OOV id each)
+OLD = {"seg": "a\nb\nc\n", "shared": "x=1\ny=1\nx=2\n", "label": "p\nq\n"}
+# a 0->1, c 2->0, b dropped, d new; x=1 dropped, x=3 new, x=2 and y=1 moved; p, q swap, r new
+NEW = {"seg": "c\na\nd\n", "shared": "x=2\nx=3\ny=1\n", "label": "q\nr\np\n"}
+FILES = {"seg": "vocab_seg", "shared": "vocab_categorical", "label": "vocab_label"}
 
 
-def hyper(vocab: int = 4, seed: int = 0) -> HyperNetwork:
+def sizes(vocab: dict[str, str]) -> tuple[int, int, int]:
+    """(context ids with OOV, target input width, classes) of a vocabulary set."""
+    n = {k: len(v.splitlines()) for k, v in vocab.items()}
+    return n["seg"] + 1, NUMERIC + n["shared"] + len(COLUMNS), n.get("label", 1)
+
+
+def hyper(vocab: dict[str, str], kind: str = "film", seed: int = 0, hidden: int = 8,
+          randomize: bool = False, **generator: int) -> HyperNetwork:
+    """A small built hypernetwork over `vocab`; `randomize`: every variable random (a
+    trained model: no zero-initialised deviation hides a wrong copy)."""
+    context, inputs, classes = sizes(vocab)
     tf.keras.utils.set_random_seed(seed)
-    model = HyperNetwork(SPEC, ContextSpec({"seg": vocab}), GeneratorConfig((16,)), name="hypernetwork")
-    model({FEATURES: tf.zeros([2, 6]), "seg": tf.constant([0, 1])})
+    head = "softmax" if classes > 1 else "sigmoid"
+    model = HyperNetwork(TargetSpec.from_layers([inputs, hidden, classes], head=head),
+                         ContextSpec({"seg": context}, oov_ids={"seg": context - 1}),
+                         GeneratorConfig((16,), kind=kind, **generator), name="hypernetwork")
+    model({FEATURES: tf.zeros([2, inputs]), "seg": tf.constant([0, 1])})
+    if randomize:
+        for v in model.trainable_variables:
+            v.assign(tf.random.normal(v.shape, stddev=0.5))
     return model
 
 
-@pytest.fixture()
-def base(tmp_path):
-    """A saved 'blessed model' with a hypernetwork and its vocabulary asset."""
+def write_vocab(folder, vocab: dict[str, str]) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, text in vocab.items():
+        (folder / FILES[key]).write_text(text)
+    return {key: str(folder / FILES[key]) for key in vocab}
+
+
+def save_base(tmp_path, model: HyperNetwork, vocab: dict[str, str]) -> str:
+    """A saved 'blessed model': the hypernetwork and its vocabularies as assets."""
     module = tf.Module()
-    module.hyper = hyper(seed=1)
+    module.hyper = model
     path = tmp_path / "base"
     tf.saved_model.save(module, str(path))
-    (path / "assets").mkdir(exist_ok=True)
-    (path / "assets" / "vocab_seg").write_text("a\nb\nc\n")
-    return str(path), module.hyper
+    write_vocab(path / "assets", vocab)
+    return str(path)
 
 
-def vocab(tmp_path, text="a\nb\nc\n"):
-    path = tmp_path / "vocab_seg"
-    path.write_text(text)
-    return {"seg": str(path)}
+def ids(vocab: str) -> dict[str, int]:
+    return {t: i for i, t in enumerate(vocab.splitlines())}
 
 
-def test_copies_every_generator_variable_when_everything_matches(tmp_path, base):
-    path, trained = base
-    fresh = hyper(seed=2)
-    assert warm_start(fresh, path, vocab(tmp_path)) is None
-    for ours, theirs in zip(fresh.trainable_variables, trained.trainable_variables):
+def input_rows(old: dict[str, str], new: dict[str, str]) -> list[int]:
+    """Per new input position, the old one whose row it must start from."""
+    o, n = ids(old["shared"]), new["shared"].splitlines()
+    oov = {c: NUMERIC + len(o) + k for k, c in enumerate(COLUMNS)}
+    rows = list(range(NUMERIC))
+    rows += [NUMERIC + o[t] if t in o else oov[t.split("=")[0]] for t in n]
+    return rows + [oov[c] for c in COLUMNS]
+
+
+KINDS = ["film", "lowrank", "full"]
+BINARY = {k: v for k, v in OLD.items() if k != "label"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_shared_token_keeps_its_generated_network_where_its_ids_moved(tmp_path, kind):
+    """Context 'a' (id 0 -> 1), inputs remapped by token: the same target network."""
+    base = hyper(BINARY, kind, seed=1, randomize=True)
+    path = save_base(tmp_path, base, BINARY)
+    new_vocab = {k: v for k, v in NEW.items() if k != "label"}
+    fresh = hyper(new_vocab, kind, seed=2)
+    assert warm_start(fresh, path, write_vocab(tmp_path / "new", new_vocab), COLUMNS) is None
+    rows = input_rows(BINARY, new_vocab)
+    for new_id, old_id in ((ids(NEW["seg"])["a"], ids(OLD["seg"])["a"]),
+                           (ids(NEW["seg"])["c"], ids(OLD["seg"])["c"]),
+                           (ids(NEW["seg"])["d"], 3)):  # a new context value: as OOV did
+        ours = fresh.generated_weights({"seg": new_id})
+        theirs = base.generated_weights({"seg": old_id})
+        np.testing.assert_allclose(ours[0], theirs[0][rows], rtol=1e-5, atol=1e-6)
+        for a, b in zip(ours[1:], theirs[1:]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_rows_follow_their_tokens(tmp_path, caplog):
+    base = hyper(BINARY, seed=1, randomize=True)
+    path = save_base(tmp_path, base, BINARY)
+    new_vocab = {k: v for k, v in NEW.items() if k != "label"}
+    fresh = hyper(new_vocab, seed=2)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert warm_start(fresh, path, write_vocab(tmp_path / "new", new_vocab), COLUMNS) is None
+    old = base.encoder.embeddings["seg"].embeddings.numpy()
+    ours = fresh.encoder.embeddings["seg"].embeddings.numpy()
+    np.testing.assert_array_equal(ours[0], old[2])  # c moved 2 -> 0
+    np.testing.assert_array_equal(ours[1], old[0])  # a moved 0 -> 1
+    np.testing.assert_array_equal(ours[2], 0.0)  # d is new: the OOV context's zero embedding
+    np.testing.assert_array_equal(ours[3], old[3])  # the OOV row
+    assert not any(np.array_equal(row, old[1]) for row in ours)  # b is gone
+    # The first kernel's rows (shared network): x=3 is new and starts as x's OOV row.
+    kernel, old_kernel = fresh.generator.shared[0].numpy(), base.generator.shared[0].numpy()
+    np.testing.assert_array_equal(kernel, old_kernel[input_rows(BINARY, new_vocab)])
+    np.testing.assert_array_equal(kernel[NUMERIC + 1], old_kernel[NUMERIC + 3])
+    text = caplog.text
+    assert ("4 variables copied, 2 remapped by vocabulary (seg: 2 rows copied, 1 new "
+            "(as OOV: zero), 1 dropped; shared: 2 rows copied, 1 new (as their column's OOV), "
+            "1 dropped), 0 initialised") in text
+    assert "warm start check: seg token 'c' id 0 (base id 2) embedding row [" in text
+
+
+def test_new_classes_keep_their_initialisation(tmp_path):
+    base = hyper(OLD, seed=1, randomize=True)
+    path = save_base(tmp_path, base, OLD)
+    fresh = hyper(NEW, seed=2)
+    init = fresh.generator.shared[-2].numpy().copy()  # the last kernel [hidden, classes]
+    assert warm_start(fresh, path, write_vocab(tmp_path / "new", NEW), COLUMNS) is None
+    last = fresh.generator.shared[-2].numpy()
+    old = base.generator.shared[-2].numpy()
+    np.testing.assert_array_equal(last[:, 0], old[:, 1])  # q
+    np.testing.assert_array_equal(last[:, 2], old[:, 0])  # p
+    np.testing.assert_array_equal(last[:, 1], init[:, 1])  # r: new, as initialised
+
+
+def test_unchanged_vocabularies_copy_every_variable(tmp_path, caplog):
+    base = hyper(OLD, "lowrank", seed=1, randomize=True)
+    path = save_base(tmp_path, base, OLD)
+    fresh = hyper(OLD, "lowrank", seed=2)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert warm_start(fresh, path, write_vocab(tmp_path / "new", OLD), COLUMNS) is None
+    for ours, theirs in zip(fresh.trainable_variables, base.trainable_variables):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert "6 variables copied, 0 remapped by vocabulary (vocabularies unchanged)" in caplog.text
 
 
-def test_a_changed_vocabulary_means_training_from_scratch(tmp_path, base):
-    path, trained = base
-    fresh = hyper(seed=2)
+@pytest.mark.parametrize("change, reason", [
+    ({"hidden": 4}, "dense_0/bias:0 has shape (8,) in the base model, (4,) now"),
+    ({"kind": "lowrank"}, "kernel:0 has shape (8, 34) in the base model, which does not map"),
+    ({"kind": "full", "chunk_size": 16}, "FullGenerator's weights cannot be remapped"),
+])
+def test_any_other_difference_means_training_from_scratch(tmp_path, change, reason, caplog):
+    kind = change.get("kind", "film")
+    base = hyper(OLD, "full" if "chunk_size" in change else "film", seed=1, randomize=True,
+                 **({"chunk_size": 16} if "chunk_size" in change else {}))
+    path = save_base(tmp_path, base, OLD)
+    fresh = hyper(NEW, kind, seed=2, hidden=change.get("hidden", 8),
+                  **({"chunk_size": change["chunk_size"]} if "chunk_size" in change else {}))
     before = [v.numpy().copy() for v in fresh.trainable_variables]
-    reason = warm_start(fresh, path, vocab(tmp_path, "b\na\nc\n"))
-    assert reason == "vocabulary of seg changed since the base model"
-    for v, b in zip(fresh.trainable_variables, before):
+    with caplog.at_level(logging.INFO, logger="absl"):
+        got = warm_start(fresh, path, write_vocab(tmp_path / "new", NEW), COLUMNS)
+    assert got is not None and reason in got
+    assert f"warm start skipped, training from scratch: {got}" in caplog.text
+    for v, b in zip(fresh.trainable_variables, before):  # never half-copied
         np.testing.assert_array_equal(v.numpy(), b)
 
 
-def test_a_changed_shape_means_training_from_scratch(tmp_path, base):
-    path, _ = base
-    reason = warm_start(hyper(vocab=5), path, vocab(tmp_path))
-    assert "embed_seg/embeddings:0 has shape (4, 8) in the base model, (5, 8) now" in reason
+def test_a_changed_shared_vocabulary_needs_its_columns(tmp_path):
+    path = save_base(tmp_path, hyper(OLD, seed=1), OLD)
+    got = warm_start(hyper(NEW, seed=2), path, write_vocab(tmp_path / "new", NEW))
+    assert got == "vocabulary of shared changed and its columns are unknown"
+
+
+def test_vocabulary_files_are_read_one_token_per_line(tmp_path):
+    path = tmp_path / "v"
+    path.write_bytes(b"Cash\nCredit Card\n\xc3\xa9\n")
+    assert read_vocabulary(str(path)) == [b"Cash", b"Credit Card", "é".encode()]
 
 
 def test_no_base_model(tmp_path):
-    assert warm_start(hyper(), None, vocab(tmp_path)) == "no blessed model yet"
+    assert warm_start(hyper(OLD), None, write_vocab(tmp_path, OLD)) == "no blessed model yet"
