@@ -67,6 +67,9 @@ _COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": ope
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file and the field."""
 
+    # Users import and see it as pipeline.configs.ConfigError (tracebacks print this name).
+    __module__ = "pipeline.configs"
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelRule:
