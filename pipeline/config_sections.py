@@ -31,6 +31,7 @@ HISTORY_FILE = "history.json"  # the Trainer's Keras history, in its model_run
 MANIFEST_FILE = "manifest.json"  # the exported target networks, by context
 WEIGHTS_FILE = "generated_weights.npz"  # every exported target network's weights, flattened
 REPORT_FILE = "report.html"  # RunReport's page, in the pipeline root
+RUNS_FILE = "runs.jsonl"  # one line per run of pipeline.local_runner, in the pipeline root
 # The exported hypernetwork's second signature: raw tf.Examples -> transformed features.
 TRANSFORM_SIGNATURE = "transform_features"
 

@@ -29,6 +29,7 @@ from pipeline.config_sections import (  # noqa: F401 - re-exported: readers impo
     HISTORY_FILE,
     MANIFEST_FILE,
     REPORT_FILE,
+    RUNS_FILE,
     TASKS,
     TRANSFORM_SIGNATURE,
     VERDICT_FILE,

@@ -13,14 +13,14 @@ import json
 import os
 from typing import Any
 
+from components.storage import replace_file
 from pipeline import configs, run_lock
 
-HISTORY_FILE = "runs.jsonl"
 STATUSES = ("succeeded", "failed", "skipped")
 
 
 def history_path(config: configs.PipelineConfig) -> str:
-    return os.path.join(config.pipeline_root, HISTORY_FILE)
+    return os.path.join(config.pipeline_root, configs.RUNS_FILE)
 
 
 def record(config: configs.PipelineConfig, *, run_id: str | None, status: str, exit_code: int,
@@ -67,17 +67,13 @@ def append(config: configs.PipelineConfig, line: dict[str, Any]) -> str:
     text = json.dumps(line, sort_keys=True) + "\n"
     lock = run_lock.lock_path(config.metadata_path) + ".history"
     with run_lock.hold(lock, config.name, if_running="wait", timeout=60):
-        tf.io.gfile.makedirs(config.pipeline_root)
         old = ""
         if tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path, "r") as f:
                 old = f.read()
             if old and not old.endswith("\n"):
                 old += "\n"  # a torn last line stays one line of its own
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(old + text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        replace_file(path, old + text)
     return path
 
 
