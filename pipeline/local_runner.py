@@ -76,12 +76,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(argv: list[str]) -> tfx.dsl.Pipeline:
-    args = parse_args(argv)
+def load_config(args: argparse.Namespace) -> configs.PipelineConfig:
+    """The config file with the command line's training workers applied."""
     config = configs.load(args.config)
     if args.train_workers is not None:
         # Part of the Trainer's custom_config: another number of workers, another execution.
         config = configs.with_workers(config, args.train_workers)
+    return config
+
+
+def build(argv: list[str]) -> tfx.dsl.Pipeline:
+    args = parse_args(argv)
+    return pipeline_for(args, load_config(args))
+
+
+def pipeline_for(args: argparse.Namespace, config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+    """The checked DAG of this run: inputs and spans are checked before anything starts."""
     if args.retrain and not config.uses_spans:
         raise configs.ConfigError(
             f"--retrain needs spans matching {config.span_pattern!r} under {config.data_root} "
@@ -150,9 +160,9 @@ def main(argv: list[str]) -> int:
     with contextlib.ExitStack() as stack:
         runner: LockedRunner | None = None
         try:
-            config = configs.load(args.config)
+            config = load_config(args)
             runner = LockedRunner(config, args, stack)
-            pipeline = build(argv)
+            pipeline = pipeline_for(args, config)
             in_process_beam.tune(pipeline.beam_pipeline_args)
             runner.run(pipeline)
         except run_lock.RunInProgress as e:
