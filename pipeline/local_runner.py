@@ -85,11 +85,6 @@ def load_config(args: argparse.Namespace) -> configs.PipelineConfig:
     return config
 
 
-def build(argv: list[str]) -> tfx.dsl.Pipeline:
-    args = parse_args(argv)
-    return pipeline_for(args, load_config(args))
-
-
 def pipeline_for(args: argparse.Namespace, config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     """The checked DAG of this run: inputs and spans are checked before anything starts."""
     if args.retrain and not config.uses_spans:

@@ -86,8 +86,10 @@ class Remap:
     old_spec: TargetSpec
     inputs: IndexMap  # the target's input positions
     outputs: IndexMap  # the target's output units
-    context: dict[str, VocabMap]  # a context feature's ids
+    context: dict[str, VocabMap]  # a context feature's ids, where they changed
     vocabs: list[VocabMap]
+    # Every categorical context's (base model's, this run's) tokens by id, changed or not.
+    context_tokens: dict[str, tuple[list[bytes], list[bytes]]]
 
 
 def build_remap(hyper: tf.keras.Model, vocabularies: Mapping[str, str], base_model_dir: str,
@@ -102,6 +104,7 @@ def build_remap(hyper: tf.keras.Model, vocabularies: Mapping[str, str], base_mod
     inputs, outputs = identity(spec.input_dim), identity(spec.output_dim)
     context: dict[str, VocabMap] = {}
     vocabs: list[VocabMap] = []
+    context_tokens: dict[str, tuple[list[bytes], list[bytes]]] = {}
     old_in, old_out = spec.input_dim, spec.output_dim
     oov_ids = hyper.context.oov_ids
     by_file = {vocab_filename(c): c for c in hyper.context.categorical}
@@ -111,6 +114,8 @@ def build_remap(hyper: tf.keras.Model, vocabularies: Mapping[str, str], base_mod
         if not tf.io.gfile.exists(base):
             return f"the base model has no vocabulary {filename}"
         old, new = read_vocabulary(base), read_vocabulary(path)
+        if filename in by_file:
+            context_tokens[by_file[filename]] = (old, new)
         if old == new:
             continue
         if filename in by_file:
@@ -138,7 +143,7 @@ def build_remap(hyper: tf.keras.Model, vocabularies: Mapping[str, str], base_mod
             return f"vocabulary of {name} changed and nothing maps its ids"
         vocabs.append(vocab)
     old_spec = dataclasses.replace(spec, input_dim=old_in, output_dim=old_out)
-    return Remap(old_spec, inputs, outputs, context, vocabs)
+    return Remap(old_spec, inputs, outputs, context, vocabs, context_tokens)
 
 
 def _column_oov(token: bytes, columns: list[str], old_size: int) -> int:

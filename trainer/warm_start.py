@@ -18,15 +18,13 @@ half-copied model.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
-from trainer.features import vocab_filename
-from trainer.vocab_remap import build_remap, read_vocabulary, remapped_value, variable_remaps
+from trainer.vocab_remap import Remap, VariableRemap, build_remap, remapped_value, variable_remaps
 
 
 def _key(variable: tf.Variable) -> str:
@@ -88,14 +86,32 @@ def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str,
     if isinstance(loaded, str):
         return loaded
     base, base_vars = loaded
-    reason = mismatch(hyper.trainable_variables, base_vars)
-    if reason is None:
-        by_key = {_key(v): v for v in base_vars}
-        for variable in hyper.trainable_variables:
-            variable.assign(by_key[_key(variable)])
-        if with_output_affine:
-            hyper.output_affine.assign(base.output_affine)
+    reason = assign_from_base(hyper.trainable_variables, base_vars)
+    if reason is None and with_output_affine:
+        hyper.output_affine.assign(base.output_affine)
     return reason
+
+
+def assign_from_base(ours: list[tf.Variable], base_vars: list[tf.Variable],
+                     hows: Mapping[int, VariableRemap] | None = None) -> str | None:
+    """Each variable from the base variable of its name, through its remap in `hows` (by
+    id) if it has one; None, or why not. Every value is computed before any is assigned:
+    a mismatch found late must not leave a half copy."""
+    hows = hows or {}
+    if (reason := mismatch(ours, base_vars, hows)) is not None:
+        return reason
+    by_key = {_key(v): v for v in base_vars}
+    values = []
+    for variable in ours:
+        base = by_key[_key(variable)].numpy()
+        value = base if id(variable) not in hows else remapped_value(
+            variable.numpy(), base, hows[id(variable)])
+        if isinstance(value, str):
+            return f"{_key(variable)} {value}"
+        values.append(value)
+    for variable, value in zip(ours, values):
+        variable.assign(value)
+    return None
 
 
 def warm_start(hyper: tf.keras.Model, base_model_dir: str | None,
@@ -127,40 +143,21 @@ def _warm_start(hyper: tf.keras.Model, base_model_dir: str, vocabularies: Mappin
         return loaded
     _, base_vars = loaded
     ours = hyper.trainable_variables
-    if (reason := mismatch(ours, base_vars, hows)) is not None:
+    if (reason := assign_from_base(ours, base_vars, hows)) is not None:
         return reason
-    by_key = {_key(v): v for v in base_vars}
-    values = []  # every value first: a mismatch found late must not leave a half copy
-    for variable in ours:
-        base = by_key[_key(variable)].numpy()
-        value = base if id(variable) not in hows else remapped_value(
-            variable.numpy(), base, hows[id(variable)])
-        if isinstance(value, str):
-            return f"{_key(variable)} {value}"
-        values.append(value)
-    for variable, value in zip(ours, values):
-        variable.assign(value)
     remapped = sum(id(v) in hows for v in ours)
-    initialised = len(ours) - len(values)  # none: a variable the base lacks is a mismatch
     logging.info("warm start from %s: %d variables copied, %d remapped by vocabulary (%s), "
-                 "%d initialised", base_model_dir, len(ours) - remapped, remapped,
-                 "; ".join(v.describe() for v in remap.vocabs) or "vocabularies unchanged",
-                 initialised)
-    _log_context_rows(hyper, vocabularies, base_model_dir)
+                 # none initialised: a variable the base model lacks is a mismatch
+                 "0 initialised", base_model_dir, len(ours) - remapped, remapped,
+                 "; ".join(v.describe() for v in remap.vocabs) or "vocabularies unchanged")
+    _log_context_rows(hyper, remap)
     return None
 
 
-def _log_context_rows(hyper: tf.keras.Model, vocabularies: Mapping[str, str],
-                      base_model_dir: str) -> None:
+def _log_context_rows(hyper: tf.keras.Model, remap: Remap) -> None:
     """One shared token per context vocabulary (one whose id moved, if any) with its
     warm-started embedding row: a check against the base model, before the first step."""
-    for column in hyper.context.categorical:
-        path = next((p for p in vocabularies.values()
-                     if os.path.basename(p) == vocab_filename(column)), None)
-        if path is None:
-            continue
-        old = read_vocabulary(os.path.join(base_model_dir, "assets", os.path.basename(path)))
-        new = read_vocabulary(path)
+    for column, (old, new) in remap.context_tokens.items():
         old_ids = {t: i for i, t in enumerate(old)}
         shared = [(i, old_ids[t], t) for i, t in enumerate(new) if t in old_ids]
         if not shared:

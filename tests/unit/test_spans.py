@@ -93,7 +93,8 @@ def test_spans_left_beside_the_csv_by_the_old_split_fail_the_run_naming_the_fix(
     path = write_config(str(tmp_path / "taxi.yaml"), base=configs.DEFAULT_CONFIG,
                         data_root=str(data), output_dir=str(tmp_path / "out"))
     with pytest.raises(configs.ConfigError) as e:
-        local_runner.build(["--config", path])
+        args = local_runner.parse_args(["--config", path])
+        local_runner.pipeline_for(args, local_runner.load_config(args))
     message = str(e.value)
     assert "span-1, span-2" in message and f"rm -r {data}/span-*" in message
     assert "data/taxi-spans" in message

@@ -10,7 +10,8 @@ from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.target_spec import TargetSpec
-from trainer.warm_start import read_vocabulary, warm_start
+from trainer.vocab_remap import read_vocabulary
+from trainer.warm_start import warm_start
 
 NUMERIC = 2  # numeric inputs before the shared categorical block
 COLUMNS = ["x", "y"]  # the shared vocabulary's columns, in id order (one OOV id each)
