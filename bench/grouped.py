@@ -14,7 +14,9 @@ Models, all scored on the same Split-test rows (MSE; binary: ROC AUC and accurac
   early stopping on eval, the best eval data loss kept), on Transform's output.
 - onehot_mlp: trainer.model.PlainMLP (the same target architecture, the context one-hot)
   through the same fit_hypernetwork loop and budget; its L2 is picked on eval (--l2),
-  never on test. Its seconds include the whole L2 grid.
+  never on test. It gets the hypernetwork's last step too: per-context output intercepts
+  fitted on train, their strength chosen on eval (trainer/context_intercepts.py, the
+  config's model.intercept_strengths). Its seconds include the whole L2 grid.
 - hgb, linear (ridge / logistic, one-hot groups), mixedlm (regression: random intercept
   + slope of the main numeric feature): bench/grouped_data.py's anchors, fit on the raw
   Split-train columns read back from ExampleGen's TFRecords (their own CV / early
@@ -63,6 +65,8 @@ from bench.machine import cpu_info
 from bench.quality import find_artifacts, read_raw, run_transform, split_files
 from pipeline import configs
 from pipeline.configs import PipelineConfig
+from trainer.context_intercepts import score_split
+from trainer.hypernet.intercepts import fit_intercepts, offsets
 from trainer.model import ModelLayout, PlainMLP
 from trainer.task import DATA_LOSS, fit_hypernetwork, make_dataset
 
@@ -204,6 +208,7 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history),
             "pooling": history["pooling"][0], "generator": history["generator"][0],
+            "intercept_strength": history["intercept_strength"][0],
             "seconds": time.time() - start}
 
 
@@ -220,10 +225,37 @@ def run_onehot_mlp(table: Table, seed: int, l2s: Sequence[float]) -> dict[str, A
             best = (val, l2, model, history)
     assert best is not None
     _, l2, model, history = best
-    preds, labels = predict(model, table)
+    preds, labels, strength = predict_with_intercepts(model, table)
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history), "l2": l2,
-            "seconds": time.time() - start}
+            "intercept_strength": strength, "seconds": time.time() - start}
+
+
+def predict_with_intercepts(model: tf.keras.Model, table: Table
+                            ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """An anchor's test (predictions, labels) after the hypernetwork's closing step:
+    per-context intercepts fitted on its train outputs, the strength chosen on eval."""
+    binary = table.spec.task != "regression"
+    config = dataclasses.replace(table.config, training=dataclasses.replace(
+        table.config.training, batch_size=PREDICT_BATCH, eval_steps=None))
+
+    def logits(x: dict[str, tf.Tensor]) -> tf.Tensor:
+        out = tf.reshape(model(x, training=False), [-1])
+        if not binary:
+            return out
+        p = tf.clip_by_value(out, 1e-7, 1.0 - 1e-7)
+        return tf.math.log(p) - tf.math.log1p(-p)
+
+    context = table.spec.context
+    scored = {s: score_split(logits, make_dataset(table.files[s], table.tft_output, config,
+                                                  training=False), [context]) for s in SPLITS}
+    layout = ModelLayout.from_transform(table.config, table.tft_output)
+    fit = fit_intercepts(scored["train"], scored["eval"], binary,
+                         {context: layout.vocab_sizes[context]}, {context: layout.oov_id(context)},
+                         table.config.model.intercept_strengths)
+    test = scored["test"]
+    z = test.logits + offsets(fit.tables, test)
+    return (1.0 / (1.0 + np.exp(-z)) if binary else z), test.labels, fit.strength
 
 
 def run_anchor(table: Table, name: str, seed: int) -> dict[str, Any]:

@@ -127,7 +127,8 @@ def timed_run(cwd: str, runner: str, name: str, env: dict[str, str]) -> float:
 
 
 EQUAL_STEPS = {
-    "model": {"generator": ["film"], "pooling": [10.0]},  # one candidate: no model selection
+    # One candidate and no intercepts fitted after it: no model selection on eval.
+    "model": {"generator": ["film"], "pooling": [10.0], "intercept_strengths": []},
     "training": {"train_steps": TEMPLATE_STEPS, "batch_size": TEMPLATE_BATCH, "epochs": 10,
                  "early_stopping_patience": 10},
 }

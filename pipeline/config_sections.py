@@ -156,6 +156,11 @@ class ModelConfig:
     generator: tuple[str, ...] = ("film", "lowrank")
     pooling: tuple[float, ...] = (3.0, 10.0)
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
+    # After training, each categorical context value gets an output intercept in closed
+    # form: its train residuals' sum / (its rows + k), k chosen on eval from these (or
+    # no intercepts); [] turns it off (trainer/hypernet/intercepts.py; the grid was
+    # chosen on bench/grouped.py's tables: docs/grouped-defaults.md, section 5).
+    intercept_strengths: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
     # Generator "full": its trunk, optional chunking, and L2 on its head's kernel.
     generator_units: tuple[int, ...] = (64,)
     chunk_size: int = 0

@@ -240,6 +240,10 @@ class PipelineConfig:
             self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
+               for v in m.intercept_strengths):
+            self._fail("model.intercept_strengths must be numbers >= 0 (or [] for none), "
+                       f"got {list(m.intercept_strengths)!r}")
         for split, buckets in self.splits.buckets().items():
             if not isinstance(buckets, int) or buckets < 1:
                 self._fail(f"splits.{split} must be a positive number of hash buckets, "

@@ -16,6 +16,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAXI_CSV = os.path.join(ROOT, "data", "taxi", "data.csv")
 
 
+def transform(tft_output, rows, dtypes, drop=()) -> dict[str, Any]:
+    """Raw rows through Transform's serving layer: transformed features as NumPy arrays
+    (`drop`: columns left out of the examples)."""
+    layer = tft_output.transform_features_layer()
+    spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k not in drop}
+    serialized = tf.constant([to_example({k: v for k, v in r.items() if k not in drop}, dtypes)
+                              for r in rows])
+    return {k: v.numpy() for k, v in layer(tf.io.parse_example(serialized, spec)).items()}
+
+
 def raw_feature_spec(dtypes: Mapping[str, tf.dtypes.DType]) -> dict[str, tf.io.VarLenFeature]:
     return {k: tf.io.VarLenFeature(v) for k, v in dtypes.items()}
 

@@ -52,7 +52,7 @@ def load_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
         # Create the variables as training did (same names): one empty example, transformed.
         model(tft_output.transform_features_layer()(
             tf.io.parse_example(tf.constant([empty]), spec)))
-        reason = copy_hypernetwork_weights(model.hyper, model_dir, with_output_affine=True)
+        reason = copy_hypernetwork_weights(model.hyper, model_dir, with_fitted=True)
         if reason is None:
             return model
         reasons.append(f"{kind}: {reason}")

@@ -25,11 +25,13 @@ from tfx import v1 as tfx
 
 from pipeline.configs import HISTORY_FILE, TRANSFORM_SIGNATURE, PipelineConfig, deserialize
 from trainer import launcher
+from trainer.context_intercepts import fit_model_intercepts
 from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, without_keras_traces
 from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
 
 DATA_LOSS = "data_loss"
+SCORING_BATCH = 4096  # a pass that only predicts (fitting the context intercepts)
 
 
 def serving_feature_spec(config: PipelineConfig, tft_output: tft.TFTransformOutput) -> dict:
@@ -39,14 +41,16 @@ def serving_feature_spec(config: PipelineConfig, tft_output: tft.TFTransformOutp
 
 
 def make_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutput,
-                 config: PipelineConfig, training: bool = True) -> tf.data.Dataset:
+                 config: PipelineConfig, training: bool = True,
+                 keep_in_memory: bool = True) -> tf.data.Dataset:
     """Batches of (transformed features, label) from Transform's tf.Example files.
 
     Read with tf.data, batches parsed in parallel: TFXIO's reader (`data_accessor`)
     parses on a single thread, 6.1 ms per batch of 256 here against 1.5 ms, which made
     input, not the model, the Trainer's bottleneck. Training: shuffled and repeated.
     Evaluation: the whole split (or its first `eval_steps` batches) in file order, parsed
-    once and then kept in memory, since every early-stopping check reads the same rows.
+    once and then kept in memory, since every early-stopping check reads the same rows
+    (`keep_in_memory=False` for a single pass, such as over the train split).
     """
     t = config.training
     spec = tft_output.transformed_feature_spec()
@@ -68,7 +72,8 @@ def make_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutpu
     dataset = records.batch(t.batch_size, drop_remainder=training or t.eval_steps is not None)
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not training:
-        dataset = (dataset if t.eval_steps is None else dataset.take(t.eval_steps)).cache()
+        dataset = dataset if t.eval_steps is None else dataset.take(t.eval_steps)
+        dataset = dataset.cache() if keep_in_memory else dataset
     if t.distribution == "multi_worker_mirrored":
         # Each worker reads every file and keeps its share of the batches: correct with any
         # number of files (FILE sharding needs at least one file per worker).
@@ -224,7 +229,8 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """The trained model and its history: one model per generator kind and pooling
     strength of the config, each seeded alike and early-stopped on eval; the lowest eval
-    data loss is kept (eval chose it: only test judges it).
+    data loss is kept (eval chose it: only test judges it), then its context intercepts
+    are fitted on train, their strength chosen on eval (model.intercept_strengths).
 
     `build(pooling, train_examples)` makes each model instead (the benchmarks pass their
     anchors through the same loop; then only the pooling strengths vary).
@@ -270,7 +276,16 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
         if best is None or score < best[0]:
             best = (score, model, history)
     assert best is not None  # the config requires at least one pooling value
-    return best[1], best[2]
+    _, model, history = best
+    if isinstance(model, ConfiguredHyperModel):
+        one_pass = dataclasses.replace(config, training=dataclasses.replace(
+            config.training, batch_size=SCORING_BATCH, eval_steps=None))
+        fit = fit_model_intercepts(
+            model, config.label.task, config.model.intercept_strengths,
+            make_dataset(train_files, tft_output, one_pass, training=False, keep_in_memory=False),
+            eval_ds)
+        history["intercept_strength"] = [fit.strength if fit else None]
+    return model, history
 
 
 def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:

@@ -228,10 +228,15 @@ def variable_remaps(hyper: tf.keras.Model, remap: Remap) -> dict[int, VariableRe
         width = int(table.shape[1])
         out[id(table)] = VariableRemap(0, [((len(vocab.source), width), (vocab.old_size, width),
                                             (vocab.source, None))])
+    for name, table in hyper.intercepts.items():  # [vocab, output_dim], like the embedding
+        rows = remap.context[name].source if name in remap.context else identity(table.shape[0])
+        old_rows = remap.context[name].old_size if name in remap.context else table.shape[0]
+        out[id(table)] = VariableRemap(0, [((len(rows), spec.output_dim),
+                                            (old_rows, old.output_dim), (rows, remap.outputs))])
     generator = hyper.generator
     if spec == old and np.array_equal(remap.inputs, identity(spec.input_dim)) and \
             np.array_equal(remap.outputs, identity(spec.output_dim)):
-        return out
+        return {k: how for k, how in out.items() if not _is_copy(how)}
     if isinstance(generator, (FilmGenerator, LowRankGenerator)):
         for variable, block in zip(generator.shared, _param_blocks(remap, spec, old)):
             out[id(variable)] = VariableRemap(0, [block])

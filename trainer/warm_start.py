@@ -6,10 +6,11 @@ kernel, a class a column of its last layer. So the base model's weights are mapp
 this run's vocabularies *by token*: a token in both keeps its row wherever its id
 moved; a token the base model did not know starts as the base model treated it, as
 out-of-vocabulary (its categorical input row = its column's OOV row; its context
-embedding = zero, the OOV context's, i.e. the shared network); a class it did not
+embedding and intercept = zero, the OOV context's, i.e. the shared network); a class it did not
 know keeps this model's initialisation; a dropped token's row is gone. Every other
-variable is copied as it is. The warm-started model thus computes, before its first
-step, what the base model computed for every token it knew.
+variable is copied as it is, the context intercepts included (they are fitted again after
+training), but not the label scaling, which this run's labels set. The warm-started model
+thus computes, before its first step, what the base model computed for every token it knew.
 
 Any other difference (another variable, another shape, a generator whose weights
 cannot be remapped) means training from scratch, with the reason logged: never a
@@ -47,8 +48,9 @@ def mismatch(model_vars: list[tf.Variable], base_vars: list[tf.Variable],
     return None
 
 
-def trainable_variables_under(root: Any) -> list[tf.Variable]:
-    """Every trainable variable reachable from a restored object, each once.
+def variables_under(root: Any, trainable: bool = True) -> list[tf.Variable]:
+    """Every trainable (or every non-trainable) variable reachable from a restored object,
+    each once.
 
     A restored Keras layer has no `trainable_variables` unless it was saved with Keras's
     traces (trainer/hypernet/keras_env.without_keras_traces); walking the object graph reads both.
@@ -57,7 +59,7 @@ def trainable_variables_under(root: Any) -> list[tf.Variable]:
     while stack:
         node = stack.pop()
         if isinstance(node, tf.Variable):
-            if node.trainable:
+            if node.trainable == trainable:
                 found.append(node)
             continue
         for child in tf.train.TrackableView(node).children(node).values():
@@ -70,26 +72,28 @@ def trainable_variables_under(root: Any) -> list[tf.Variable]:
 def _load_base(model_dir: str) -> tuple[Any, list[tf.Variable]] | str:
     try:
         base = tf.saved_model.load(model_dir).hyper
-        return base, trainable_variables_under(base)
+        return base, variables_under(base)
     except (OSError, ValueError, AttributeError) as e:
         return f"cannot read the base model at {model_dir}: {e}"
 
 
 def copy_hypernetwork_weights(hyper: tf.keras.Model, model_dir: str,
-                              with_output_affine: bool = False) -> str | None:
+                              with_fitted: bool = False) -> str | None:
     """Set `hyper`'s variables (built) from an exported model's; None, or why not.
 
-    `with_output_affine`: also its label scaling (rebuilding that model), which a warm
-    start must not take (this run's labels set its own).
+    `with_fitted`: also what was set after or outside training, the label scaling and
+    the context intercepts (rebuilding that model); a warm start must not take them
+    (this run's labels set its own, and its intercepts are fitted again).
     """
     loaded = _load_base(model_dir)
     if isinstance(loaded, str):
         return loaded
     base, base_vars = loaded
-    reason = assign_from_base(hyper.trainable_variables, base_vars)
-    if reason is None and with_output_affine:
-        hyper.output_affine.assign(base.output_affine)
-    return reason
+    ours = list(hyper.trainable_variables)
+    if with_fitted:  # one assignment: all of it or none
+        ours += hyper.non_trainable_variables
+        base_vars = base_vars + variables_under(base, trainable=False)
+    return assign_from_base(ours, base_vars)
 
 
 def assign_from_base(ours: list[tf.Variable], base_vars: list[tf.Variable],
@@ -141,8 +145,13 @@ def _warm_start(hyper: tf.keras.Model, base_model_dir: str, vocabularies: Mappin
     loaded = _load_base(base_model_dir)
     if isinstance(loaded, str):
         return loaded
-    _, base_vars = loaded
-    ours = hyper.trainable_variables
+    base, base_vars = loaded
+    ours = list(hyper.trainable_variables)
+    base_intercepts = [v for v in variables_under(base, trainable=False)
+                       if _key(v).split("/")[-1].startswith("intercept_")]
+    if base_intercepts:  # a base model from before them computed with none: ours are zero
+        ours += hyper.intercepts.values()
+        base_vars = base_vars + base_intercepts
     if (reason := assign_from_base(ours, base_vars, hows)) is not None:
         return reason
     remapped = sum(id(v) in hows for v in ours)

@@ -358,7 +358,7 @@ def test_good_span_warm_starts_from_span_1_by_token(replay):
     import tensorflow_transform  # noqa: F401 - its ops, for the exported transform graph
 
     from trainer.vocab_remap import read_vocabulary
-    from trainer.warm_start import trainable_variables_under
+    from trainer.warm_start import variables_under
 
     step, first = replay.steps["good"], replay.steps["first"]
     warm = WARM.search(step.output)
@@ -384,7 +384,7 @@ def test_good_span_warm_starts_from_span_1_by_token(replay):
     assert new_vocab[new_id] == token.encode()
     assert read_vocabulary(os.path.join(base_dir, "assets", "vocab_payment_type"))[old_id] == \
         token.encode()
-    base = trainable_variables_under(tf.saved_model.load(base_dir).hyper)
+    base = variables_under(tf.saved_model.load(base_dir).hyper)
     table = next(v for v in base if "embed_payment_type/embeddings" in v.name).numpy()
     np.testing.assert_array_equal(row, table[old_id])
     assert np.any(row != 0)

@@ -49,6 +49,7 @@ def test_equal_steps_config_is_one_candidate_at_the_template_budget(tmp_path):
     config = configs.from_dict(pvt.ours_config(str(tmp_path), equal_steps=True), base_dir=ROOT)
     assert config.features == default.features and config.data_root == default.data_root
     assert len(config.model.generator) * len(config.model.pooling) == 1
+    assert default.model.intercept_strengths and not config.model.intercept_strengths
     t = config.training
     assert t.train_steps == pvt.TEMPLATE_STEPS and t.batch_size == pvt.TEMPLATE_BATCH
     assert t.early_stopping_patience >= t.epochs  # never stops before the last step

@@ -11,7 +11,7 @@ from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.keras_env import without_autograph, without_keras_traces
 from trainer.hypernet.target_spec import TargetSpec
-from trainer.warm_start import trainable_variables_under
+from trainer.warm_start import variables_under
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_fit_and_export_convert_none_of_our_code(conversions, tmp_path):
     got = loaded.signatures["serving_default"](features=tf.constant(x[FEATURES]),
                                                cat=tf.constant(x["cat"]))["p"]
     np.testing.assert_allclose(got.numpy(), model(x).numpy(), atol=1e-6)
-    assert (sorted(v.name for v in trainable_variables_under(loaded))
+    assert (sorted(v.name for v in variables_under(loaded))
             == sorted(v.name for v in model.trainable_variables))
 
 

@@ -5,7 +5,7 @@ Fixtures `taxi` and `exported`: tests/unit/conftest.py."""
 import numpy as np
 import tensorflow as tf
 
-from tests.support import run_transform, to_example
+from tests.support import run_transform, to_example, transform
 from trainer.features import SHARED_VOCAB, missing_name, transformed_name
 from trainer.model import FeatureAssembler, ModelLayout
 
@@ -14,14 +14,6 @@ def big_tipper(rows):
     """The label as Transform computes it: in float32, with the factor as a float32 constant."""
     f32 = np.float32
     return [int(f32(r["tips"]) > f32(0.2) * f32(r["fare"])) for r in rows]
-
-
-def transform(tft_output, rows, dtypes, drop=()):
-    layer = tft_output.transform_features_layer()
-    spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k not in drop}
-    serialized = tf.constant([to_example({k: v for k, v in r.items() if k not in drop}, dtypes)
-                              for r in rows])
-    return {k: v.numpy() for k, v in layer(tf.io.parse_example(serialized, spec)).items()}
 
 
 def test_label_is_derived_from_tips_and_fare(taxi):

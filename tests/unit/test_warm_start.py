@@ -41,6 +41,9 @@ def hyper(vocab: dict[str, str], kind: str = "film", seed: int = 0, hidden: int 
     if randomize:
         for v in model.trainable_variables:
             v.assign(tf.random.normal(v.shape, stddev=0.5))
+        table = np.random.default_rng(seed).normal(size=model.intercepts["seg"].shape)
+        table[context - 1] = 0.0  # the OOV context's: fitted intercepts leave it at zero
+        model.set_intercepts({"seg": table})
     return model
 
 
@@ -111,12 +114,15 @@ def test_embedding_rows_follow_their_tokens(tmp_path, caplog):
     np.testing.assert_array_equal(ours[2], 0.0)  # d is new: the OOV context's zero embedding
     np.testing.assert_array_equal(ours[3], old[3])  # the OOV row
     assert not any(np.array_equal(row, old[1]) for row in ours)  # b is gone
+    # The context intercepts follow the same tokens (d: the OOV context's zero).
+    old, ours = base.intercepts["seg"].numpy(), fresh.intercepts["seg"].numpy()
+    np.testing.assert_array_equal(ours, [old[2], old[0], [0.0], old[3]])
     # The first kernel's rows (shared network): x=3 is new and starts as x's OOV row.
     kernel, old_kernel = fresh.generator.shared[0].numpy(), base.generator.shared[0].numpy()
     np.testing.assert_array_equal(kernel, old_kernel[input_rows(BINARY, new_vocab)])
     np.testing.assert_array_equal(kernel[NUMERIC + 1], old_kernel[NUMERIC + 3])
     text = caplog.text
-    assert ("4 variables copied, 2 remapped by vocabulary (seg: 2 rows copied, 1 new "
+    assert ("4 variables copied, 3 remapped by vocabulary (seg: 2 rows copied, 1 new "
             "(as OOV: zero), 1 dropped; shared: 2 rows copied, 1 new (as their column's OOV), "
             "1 dropped), 0 initialised") in text
     assert "warm start check: seg token 'c' id 0 (base id 2) embedding row [" in text
@@ -141,9 +147,10 @@ def test_unchanged_vocabularies_copy_every_variable(tmp_path, caplog):
     fresh = hyper(OLD, "lowrank", seed=2)
     with caplog.at_level(logging.INFO, logger="absl"):
         assert warm_start(fresh, path, write_vocab(tmp_path / "new", OLD), COLUMNS) is None
-    for ours, theirs in zip(fresh.trainable_variables, base.trainable_variables):
+    for ours, theirs in zip([*fresh.trainable_variables, fresh.intercepts["seg"]],
+                            [*base.trainable_variables, base.intercepts["seg"]]):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-    assert "6 variables copied, 0 remapped by vocabulary (vocabularies unchanged)" in caplog.text
+    assert "7 variables copied, 0 remapped by vocabulary (vocabularies unchanged)" in caplog.text
 
 
 @pytest.mark.parametrize("change, reason", [

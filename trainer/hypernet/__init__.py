@@ -9,6 +9,7 @@ be used, tested and benchmarked on its own. The seams, one module each:
 - `functional_target`: the target MLP run on generated parameters, three named ways.
 - `hypernetwork`: the composite Keras model that chooses between them.
 - `materialize`: one context's generated target as an ordinary Keras model.
+- `intercepts`: per-context output intercepts, fitted after training in closed form.
 - `keras_env`: the Keras 2 guard and AutoGraph/trace switches the models rely on.
 
 Nothing is re-exported here: import from the module that defines a name.

@@ -73,7 +73,7 @@ class ContextEncoder(tf.keras.layers.Layer):
         self.has_constant = constant
         self.embeddings = {
             name: tf.keras.layers.Embedding(
-                int(size), context.embedding_dim, name=f"embed_{_safe(name)}",
+                int(size), context.embedding_dim, name=f"embed_{safe_name(name)}",
                 embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=stddev))
             for name, size in context.categorical.items()
         }
@@ -136,5 +136,6 @@ class ContextEncoder(tf.keras.layers.Layer):
         return c.embedding_dim * (int(self.has_constant) + len(c.categorical)) + len(c.numeric)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A feature name as a valid Keras layer / variable name part."""
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name)

@@ -8,8 +8,10 @@ Inputs are a dict: "features" [B, input_dim] float32, plus one entry per context
 feature (categorical: integer ids in [0, vocab); numeric: floats), shaped [B] or
 [B, 1]. The generator runs once per possible context when there are few, else once
 per *distinct* context row of the batch; each example then uses its context's
-parameters. `materialize()` turns the parameters of one context into an ordinary
-Keras model with identical outputs (trainer/hypernet/materialize.py).
+parameters. Each categorical context feature also has an output intercept per id,
+fitted after training in closed form (trainer/hypernet/intercepts.py), zero until
+then. `materialize()` turns the parameters of one context into an ordinary Keras model
+with identical outputs (trainer/hypernet/materialize.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from trainer.hypernet.context import ContextEncoder, ContextSpec
-from trainer.hypernet.functional_target import apply_indexed, apply_partitioned, split_params
+from trainer.hypernet.context import ContextEncoder, ContextSpec, safe_name
+from trainer.hypernet.functional_target import (
+    activation,
+    apply_indexed,
+    apply_partitioned,
+    split_params,
+)
 from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.keras_env import GraphModel, require_legacy_keras
 from trainer.hypernet.kinds import make_generator
@@ -63,6 +70,14 @@ class HyperNetwork(GraphModel):
         self.output_affine = self.add_weight(
             name="output_affine", shape=(2,), trainable=False,
             initializer=tf.keras.initializers.Constant([1.0, 0.0]))
+        # Per categorical context feature, an output offset per id, on the logit scale
+        # (regression: the prediction's): set after training (set_intercepts), never by
+        # gradients; the out-of-vocabulary id's stays 0 (the shared network's output).
+        self.intercepts = {
+            name: self.add_weight(name=f"intercept_{safe_name(name)}",
+                                  shape=(int(size), target.output_dim), trainable=False,
+                                  initializer="zeros")
+            for name, size in context.categorical.items()}
 
     # -- context handling -------------------------------------------------
     def context_rows(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
@@ -119,8 +134,35 @@ class HyperNetwork(GraphModel):
             raise ValueError(f"an output affine needs a linear head, not {self.target.head!r}")
         self.output_affine.assign([scale, shift])
 
+    def set_intercepts(self, tables: Mapping[str, Any]) -> None:
+        """Each categorical context feature's offsets ([vocab] or [vocab, output_dim])."""
+        values = {}
+        for name, table in tables.items():
+            if name not in self.intercepts:
+                raise ValueError(f"no intercepts for {name!r}: categorical contexts are "
+                                 f"{sorted(self.intercepts)}")
+            variable = self.intercepts[name]
+            value = np.asarray(table, np.float32)
+            if value.size != variable.shape.num_elements():
+                raise ValueError(f"intercepts for {name!r}: {value.shape} values, the "
+                                 f"vocabulary needs {tuple(variable.shape)}")
+            values[name] = value.reshape(variable.shape)
+        for name, value in values.items():
+            self.intercepts[name].assign(value)
+
+    def intercept_offsets(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[B, output_dim]: each example's offsets summed over the context features."""
+        return tf.add_n([tf.gather(table, tf.cast(tf.reshape(inputs[name], [-1]), tf.int32))
+                         for name, table in self.intercepts.items()])
+
     def call(self, inputs: Mapping[str, tf.Tensor], return_logits: bool = False) -> tf.Tensor:
-        out = self._target_output(inputs, return_logits)
+        if not self.intercepts:
+            return self._scaled(self._target_output(inputs, return_logits))
+        z = self._scaled(self._target_output(inputs, True)) + self.intercept_offsets(inputs)
+        return z if return_logits else activation(self.target.head)(z)
+
+    def _scaled(self, out: tf.Tensor) -> tf.Tensor:
+        """A linear head's output through the output affine (the label's scale)."""
         if self.target.head != "linear":
             return out
         return self.output_affine[1] + self.output_affine[0] * out

@@ -51,6 +51,8 @@ def generated_weights(hyper: HyperNetwork,
         scale, shift = hyper.output_affine.numpy()
         weights[-2] = weights[-2] * scale
         weights[-1] = weights[-1] * scale + shift
+    for name, table in hyper.intercepts.items():  # on the logit scale: the output bias
+        weights[-1] = weights[-1] + table.numpy()[int(context[name])]
     return weights
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.unit.hypernet.support import CAT_IDS, batch, build
+from tests.unit.hypernet.support import CAT_IDS, CONTEXTS, batch, build
 from trainer.hypernet import hypernetwork as hypernetwork_module
 from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.functional_target import split_params
@@ -34,8 +34,10 @@ def test_only_generator_variables_and_all_get_gradients(context_kind, chunk_size
         if "/" in v.name:
             assert "context_encoder/" in v.name or "weight_generator/" in v.name, v.name
         assert not v.name.startswith("dense_"), v.name
-    # The one non-trainable variable: the output affine (a regression label's scaling).
-    assert [v.name.split("/")[-1] for v in model.non_trainable_variables] == ["output_affine:0"]
+    # Non-trainable: the output affine (a regression label's scaling) and one intercept
+    # table per categorical context feature (fitted after training, not by gradients).
+    expected = {"output_affine:0", *(f"intercept_{n}:0" for n in CONTEXTS[context_kind].categorical)}
+    assert {v.name.split("/")[-1] for v in model.non_trainable_variables} == expected
     names = [v.name for v in variables]
     if chunk_size:
         assert any("chunk_embeddings" in n for n in names)

@@ -1,0 +1,59 @@
+"""After training: each categorical context value's output intercept, fitted on train in
+closed form and its strength chosen on eval (trainer/hypernet/intercepts.py says why).
+
+The benchmarks give the one-hot MLP anchor the same step through `score_split` and
+`fit_intercepts` on its own outputs, so the comparison stays like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from trainer.features import transformed_name
+from trainer.hypernet.intercepts import InterceptFit, Scored, fit_intercepts
+
+Logits = Callable[[dict[str, tf.Tensor]], tf.Tensor]
+
+
+def score_split(logits: Logits, dataset: tf.data.Dataset, contexts: Sequence[str]) -> Scored:
+    """One pass over a finite dataset of (transformed features, label): each row's output on
+    the logit scale (`logits`), label, and id of every context column in `contexts`."""
+    step = tf.function(logits, reduce_retracing=True)
+    out, labels = [], []
+    ids: dict[str, list[np.ndarray]] = {c: [] for c in contexts}
+    for x, y in dataset:
+        out.append(np.reshape(step(x).numpy(), [-1]))
+        labels.append(np.reshape(y.numpy(), [-1]))
+        for c in contexts:
+            ids[c].append(np.reshape(x[transformed_name(c)].numpy(), [-1]))
+    if not out:
+        raise ValueError("no rows to fit context intercepts on")
+    return Scored({c: np.concatenate(v) for c, v in ids.items()},
+                  np.concatenate(out).astype(np.float64), np.concatenate(labels).astype(np.float64))
+
+
+def fit_model_intercepts(model: tf.keras.Model, task: str, strengths: Sequence[float],
+                         train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset) -> InterceptFit | None:
+    """Fit and set a ConfiguredHyperModel's context intercepts; None when it has none to fit
+    (no categorical context, no strengths, or a multiclass label)."""
+    hyper = model.hyper
+    if not hyper.intercepts or not strengths or task == "multiclass":
+        return None
+    contexts = list(hyper.intercepts)
+
+    def logits(x: dict[str, tf.Tensor]) -> tf.Tensor:
+        return hyper(model.hyper_inputs(x), return_logits=True)
+
+    sizes = {c: int(hyper.intercepts[c].shape[0]) for c in contexts}
+    hyper.set_intercepts({c: np.zeros(size) for c, size in sizes.items()})  # fit from none
+    fit = fit_intercepts(score_split(logits, train_ds, contexts),
+                         score_split(logits, eval_ds, contexts), task == "binary", sizes,
+                         hyper.context.oov_ids, strengths)
+    hyper.set_intercepts(fit.tables)
+    logging.info("context intercepts: strength %s chosen on eval (eval loss %.6g, without %.6g)",
+                 fit.strength, fit.eval_losses[fit.strength], fit.eval_losses[None])
+    return fit
