@@ -179,6 +179,11 @@ class TrainingConfig:
     learning_rate: float = 3e-3
     epochs: int = 100
     early_stopping_patience: int = 5
+    # After this many epochs without a better eval loss the learning rate is multiplied by
+    # lr_plateau_factor (1.0: never), before early stopping gives up: the slower steps
+    # settle per-group parameters that the first rate only circles (docs/grouped-defaults.md, §6).
+    lr_plateau_patience: int = 2
+    lr_plateau_factor: float = 0.3
     seed: int = 42
     # Start from the last blessed model's generator when the architecture matches.
     warm_start: bool = True

@@ -253,6 +253,11 @@ class PipelineConfig:
             value = getattr(t, field)
             if value is not None and value <= 0:
                 self._fail(f"training.{field} must be positive, got {value}")
+        if not 0.0 < t.lr_plateau_factor <= 1.0:
+            self._fail(f"training.lr_plateau_factor must be in (0, 1] (1: no decay), "
+                       f"got {t.lr_plateau_factor}")
+        if t.lr_plateau_patience < 1:
+            self._fail(f"training.lr_plateau_patience must be >= 1, got {t.lr_plateau_patience}")
         if self.gates.anomaly_severity not in (None, "WARNING", "ERROR"):
             self._fail(f"gates.anomaly_severity {self.gates.anomaly_severity!r} is not "
                        "WARNING, ERROR or null")

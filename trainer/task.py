@@ -169,10 +169,15 @@ def compile_model(model: tf.keras.Model, config: PipelineConfig) -> None:
 def train(model: tf.keras.Model, config: PipelineConfig, train_ds: tf.data.Dataset,
           eval_ds: tf.data.Dataset, train_examples: int,
           log_dir: str | None = None) -> dict[str, list[float]]:
-    """Epochs until the eval loss stops improving; the best epoch's weights are kept."""
+    """Epochs until the eval loss stops improving, the learning rate lowered on a plateau
+    on the way; the best epoch's weights are kept."""
     t = config.training
-    callbacks = [tf.keras.callbacks.EarlyStopping(
+    callbacks: list[tf.keras.callbacks.Callback] = [tf.keras.callbacks.EarlyStopping(
         monitor=f"val_{DATA_LOSS}", patience=t.early_stopping_patience, restore_best_weights=True)]
+    if t.lr_plateau_factor < 1.0:
+        callbacks.append(tf.keras.callbacks.ReduceLROnPlateau(
+            monitor=f"val_{DATA_LOSS}", factor=t.lr_plateau_factor,
+            patience=t.lr_plateau_patience))
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     history = model.fit(

@@ -74,6 +74,8 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(training__workers=0), "training.workers must be a positive number"),
     (with_(model__intercept_strengths=[1, -3]), "model.intercept_strengths must be numbers >= 0"),
     (with_(model__intercept_strengths=["strong"]), "got ['strong']"),
+    (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
+    (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),
 ])
 def test_invalid_configs_name_the_problem(tmp_path, data, message):
     path = write(tmp_path, data)
