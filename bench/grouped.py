@@ -68,14 +68,13 @@ from pipeline.configs import PipelineConfig
 from trainer.context_intercepts import score_split
 from trainer.hypernet.intercepts import fit_intercepts, offsets
 from trainer.model import ModelLayout, PlainMLP
-from trainer.task import DATA_LOSS, fit_hypernetwork, make_dataset
+from trainer.task import DATA_LOSS, fit_hypernetwork, scoring_dataset
 
 SPLITS = ("train", "eval", "test")
 QUICK_DATASETS = ("bikeshare", "taxi")
 # The one-hot MLP's L2 grid, picked on eval. The probe (standardised labels, as the
 # Trainer's regression now is) found 1e-5 best of {1e-5, 1e-4, 1e-3} every time.
 DEFAULT_L2 = (0.0, 1e-5, 1e-4)
-PREDICT_BATCH = 4096
 
 
 def log(message: str) -> None:
@@ -148,10 +147,8 @@ def seeded(config: PipelineConfig, seed: int) -> PipelineConfig:
 
 def predict(model: tf.keras.Model, table: Table) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, labels) over the whole transformed test split."""
-    config = dataclasses.replace(table.config, training=dataclasses.replace(
-        table.config.training, batch_size=PREDICT_BATCH, eval_steps=None))
     preds, labels = [], []
-    for x, y in make_dataset(table.files["test"], table.tft_output, config, training=False):
+    for x, y in scoring_dataset(table.files["test"], table.tft_output, table.config):
         preds.append(np.reshape(model(x, training=False).numpy(), [-1]))
         labels.append(np.reshape(y.numpy(), [-1]))
     return np.concatenate(preds).astype(np.float64), np.concatenate(labels).astype(np.float64)
@@ -236,8 +233,6 @@ def predict_with_intercepts(model: tf.keras.Model, table: Table
     """An anchor's test (predictions, labels) after the hypernetwork's closing step:
     per-context intercepts fitted on its train outputs, the strength chosen on eval."""
     binary = table.spec.task != "regression"
-    config = dataclasses.replace(table.config, training=dataclasses.replace(
-        table.config.training, batch_size=PREDICT_BATCH, eval_steps=None))
 
     def logits(x: dict[str, tf.Tensor]) -> tf.Tensor:
         out = tf.reshape(model(x, training=False), [-1])
@@ -247,12 +242,13 @@ def predict_with_intercepts(model: tf.keras.Model, table: Table
         return tf.math.log(p) - tf.math.log1p(-p)
 
     context = table.spec.context
-    scored = {s: score_split(logits, make_dataset(table.files[s], table.tft_output, config,
-                                                  training=False), [context]) for s in SPLITS}
+    scored = {s: score_split(logits, scoring_dataset(table.files[s], table.tft_output,
+                                                     table.config), [context]) for s in SPLITS}
     layout = ModelLayout.from_transform(table.config, table.tft_output)
     fit = fit_intercepts(scored["train"], scored["eval"], binary,
-                         {context: layout.vocab_sizes[context]}, {context: layout.oov_id(context)},
-                         table.config.model.intercept_strengths)
+                         {context: layout.vocab_sizes[context]},
+                         strengths=table.config.model.intercept_strengths,
+                         oov_ids={context: layout.oov_id(context)})
     test = scored["test"]
     z = test.logits + offsets(fit.tables, test)
     return (1.0 / (1.0 + np.exp(-z)) if binary else z), test.labels, fit.strength

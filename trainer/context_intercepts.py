@@ -52,7 +52,7 @@ def fit_model_intercepts(model: tf.keras.Model, task: str, strengths: Sequence[f
     hyper.set_intercepts({c: np.zeros(size) for c, size in sizes.items()})  # fit from none
     fit = fit_intercepts(score_split(logits, train_ds, contexts),
                          score_split(logits, eval_ds, contexts), task == "binary", sizes,
-                         hyper.context.oov_ids, strengths)
+                         strengths=strengths, oov_ids=hyper.context.oov_ids)
     hyper.set_intercepts(fit.tables)
     logging.info("context intercepts: strength %s chosen on eval (eval loss %.6g, without %.6g)",
                  fit.strength, fit.eval_losses[fit.strength], fit.eval_losses[None])

@@ -83,6 +83,15 @@ def make_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutpu
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def scoring_dataset(file_pattern: str | list[str], tft_output: tft.TFTransformOutput,
+                    config: PipelineConfig) -> tf.data.Dataset:
+    """The whole split once, in file order, in batches of SCORING_BATCH and not kept in
+    memory: for passes that only predict."""
+    one_pass = dataclasses.replace(config, training=dataclasses.replace(
+        config.training, batch_size=SCORING_BATCH, eval_steps=None))
+    return make_dataset(file_pattern, tft_output, one_pass, training=False, keep_in_memory=False)
+
+
 def _record_files(file_pattern: str | list[str]) -> tuple[list[str], str]:
     """The files matching the pattern(s), and their TFRecord compression."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
@@ -283,12 +292,8 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     assert best is not None  # the config requires at least one pooling value
     _, model, history = best
     if isinstance(model, ConfiguredHyperModel):
-        one_pass = dataclasses.replace(config, training=dataclasses.replace(
-            config.training, batch_size=SCORING_BATCH, eval_steps=None))
-        fit = fit_model_intercepts(
-            model, config.label.task, config.model.intercept_strengths,
-            make_dataset(train_files, tft_output, one_pass, training=False, keep_in_memory=False),
-            eval_ds)
+        fit = fit_model_intercepts(model, config.label.task, config.model.intercept_strengths,
+                                   scoring_dataset(train_files, tft_output, config), eval_ds)
         history["intercept_strength"] = [fit.strength if fit else None]
     return model, history
 

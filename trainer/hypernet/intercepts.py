@@ -99,8 +99,8 @@ def offsets(tables: Mapping[str, NDArray[Any]], split: Scored) -> NDArray[np.flo
 
 
 def fit_intercepts(train: Scored, eval_split: Scored, binary: bool, sizes: Mapping[str, int],
-                   oov_ids: Mapping[str, int] | None = None,
-                   strengths: Sequence[float] = (1.0, 10.0, 100.0)) -> InterceptFit:
+                   *, strengths: Sequence[float],
+                   oov_ids: Mapping[str, int] | None = None) -> InterceptFit:
     """Tables fitted on `train` at each strength k (in rows' worth of evidence: regression
     rows, binary Fisher information), the one with the lowest `eval_split` loss kept; no
     intercepts (all zero) unless some strength beats none."""

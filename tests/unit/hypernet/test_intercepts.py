@@ -112,7 +112,7 @@ def test_binary_intercepts_lower_eval_log_loss():
         y = (rng.random(8000) < 1.0 / (1.0 + np.exp(-effects[ids]))).astype(float)
         return Scored({"g": ids}, np.zeros(8000), y)
 
-    fit = fit_intercepts(split(), split(), True, {"g": 40}, {"g": 39}, strengths=GRID)
+    fit = fit_intercepts(split(), split(), True, {"g": 40}, strengths=GRID, oov_ids={"g": 39})
     assert fit.strength is not None
     assert fit.eval_losses[fit.strength] < fit.eval_losses[None] - 0.05
     assert fit.tables["g"][39] == 0.0  # the out-of-vocabulary id
@@ -160,7 +160,8 @@ def test_out_of_vocabulary_context_still_gets_exactly_the_shared_network(kind):
     model = hypernetwork(kind, "sigmoid", context)
     ids = np.array([0, 1, 2, 3, 4, 4, 2, 0])
     train = Scored({"cat": ids}, np.zeros(8), np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0]))
-    fit = fit_intercepts(train, train, True, {"cat": 5}, context.oov_ids, strengths=(0.3,))
+    fit = fit_intercepts(train, train, True, {"cat": 5}, strengths=(0.3,),
+                         oov_ids=context.oov_ids)
     model.set_intercepts(fit.tables)
     assert fit.tables["cat"][4] == 0.0 and fit.tables["cat"][:4].any()
     oov = model.generated_weights({"cat": 4})
