@@ -188,3 +188,35 @@ def test_vocabulary_files_are_read_one_token_per_line(tmp_path):
 
 def test_no_base_model(tmp_path):
     assert warm_start(hyper(OLD), None, write_vocab(tmp_path, OLD)) == "no blessed model yet"
+
+
+def save_base_without_intercepts(tmp_path, model: HyperNetwork, vocab: dict[str, str]) -> str:
+    """A blessed model saved before the context intercepts existed: the same variables under
+    the same names, less the `intercept_*` tables."""
+    module = tf.Module()
+    module.hyper = tf.Module()
+    module.hyper.weights = [tf.Variable(v.numpy(), name=v.name.split(":")[0], trainable=v.trainable)
+                            for v in model.variables if "intercept_" not in v.name]
+    path = tmp_path / "old_base"
+    tf.saved_model.save(module, str(path))
+    write_vocab(path / "assets", vocab)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_base_from_before_the_intercepts_warm_starts_with_zero_intercepts(tmp_path, kind,
+                                                                           caplog):
+    base = hyper(BINARY, kind, seed=1, randomize=True)
+    base.set_intercepts({"seg": np.zeros(base.intercepts["seg"].shape)})  # it computed none
+    path = save_base_without_intercepts(tmp_path, base, BINARY)
+    assert not any("intercept_" in v.name for v in tf.saved_model.load(path).hyper.weights)
+    fresh = hyper(BINARY, kind, seed=2)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert warm_start(fresh, path, write_vocab(tmp_path / "new", BINARY), COLUMNS) is None
+    assert "0 remapped by vocabulary (vocabularies unchanged), 0 initialised" in caplog.text
+    np.testing.assert_array_equal(fresh.intercepts["seg"].numpy(), 0.0)
+    for ours, theirs in zip(fresh.trainable_variables, base.trainable_variables):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    inputs = {FEATURES: tf.random.stateless_normal([4, sizes(BINARY)[1]], seed=[0, 1]),
+              "seg": tf.constant([0, 1, 2, 3])}
+    np.testing.assert_allclose(fresh(inputs).numpy(), base(inputs).numpy(), rtol=1e-6)
