@@ -65,7 +65,7 @@ from bench.machine import cpu_info
 from bench.quality import find_artifacts, read_raw, run_transform, split_files
 from pipeline import configs
 from pipeline.configs import PipelineConfig
-from trainer.context_intercepts import score_split
+from trainer.context_intercepts import score_splits
 from trainer.hypernet.intercepts import fit_intercepts, offsets
 from trainer.model import ModelLayout, PlainMLP
 from trainer.task import DATA_LOSS, fit_hypernetwork, scoring_dataset
@@ -242,8 +242,9 @@ def predict_with_intercepts(model: tf.keras.Model, table: Table
         return tf.math.log(p) - tf.math.log1p(-p)
 
     context = table.spec.context
-    scored = {s: score_split(logits, scoring_dataset(table.files[s], table.tft_output,
-                                                     table.config), [context]) for s in SPLITS}
+    scored = dict(zip(SPLITS, score_splits(
+        logits, [scoring_dataset(table.files[s], table.tft_output, table.config) for s in SPLITS],
+        [context])))
     layout = ModelLayout.from_transform(table.config, table.tft_output)
     fit = fit_intercepts(scored["train"], scored["eval"], binary,
                          {context: layout.vocab_sizes[context]},

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.support import transform
-from trainer.context_intercepts import fit_model_intercepts, score_split
+from trainer.context_intercepts import fit_model_intercepts, score_splits
 from trainer.features import transformed_name
 from trainer.model import ConfiguredHyperModel, ModelLayout
 from trainer.target_export import load_hypernetwork
@@ -41,13 +41,13 @@ def test_intercepts_fitted_on_train_lower_eval_loss_and_shift_each_contexts_logi
     def logits(x):
         return model.hyper(model.hyper_inputs(x), return_logits=True)
 
-    before = score_split(logits, evaluation, [context])
+    [before] = score_splits(logits, [evaluation], [context])
     fit = fit_model_intercepts(model, "binary", config.model.intercept_strengths, train, evaluation)
     assert fit is not None and fit.strength in config.model.intercept_strengths
     # At initialisation every payment type predicts ~0.5; cash rides record no tips, so a
     # per-payment-type intercept is most of what there is to learn.
     assert fit.eval_losses[fit.strength] < fit.eval_losses[None] - 0.1
-    after = score_split(logits, evaluation, [context])
+    [after] = score_splits(logits, [evaluation], [context])
     table = model.hyper.intercepts[context].numpy()[:, 0]
     np.testing.assert_allclose(after.logits, before.logits + table[before.ids[context]], atol=1e-5)
     oov = model.hyper.context.oov_ids[context]
@@ -89,3 +89,28 @@ def test_nothing_to_fit_leaves_the_model_as_it_is(taxi, untrained):
     assert fit_model_intercepts(model, "binary", (), data, data) is None
     assert fit_model_intercepts(model, "multiclass", (1.0,), data, data) is None
     np.testing.assert_array_equal(model.hyper.intercepts[config.context[0]].numpy(), before)
+
+
+def test_scoring_traces_the_model_once_for_every_split_and_batch_size(taxi, untrained):
+    """Each trace of the forward pass costs 1-2 s: the pass over train and eval (batches of
+    4,096 and 256, each with a short last batch) must not pay one per shape and split."""
+    config, _, _, _ = taxi
+    model, features = untrained
+    context = config.context[0]
+    traces = []
+
+    def logits(x):
+        traces.append(1)  # Python runs only while tracing
+        return model.hyper(model.hyper_inputs(x), return_logits=True)
+
+    x = {k: v for k, v in features.items() if k != config.label.name}
+    big = tf.data.Dataset.from_tensor_slices((x, features[config.label.name])).batch(96)
+    small = big.unbatch().take(150).batch(40)  # 40, 40, 40, 30
+    scored = score_splits(logits, [big, small], [context])
+    assert len(traces) == 1
+    eager = model.hyper(model.hyper_inputs(x), return_logits=True).numpy().reshape(-1)
+    assert [len(s.logits) for s in scored] == [len(eager), 150]
+    np.testing.assert_allclose(scored[0].logits, eager, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scored[1].logits, eager[:150], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(scored[1].ids[context],
+                                  features[transformed_name(context)].reshape(-1)[:150])
