@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -22,6 +23,9 @@ from pipeline.eval_config import build_eval_config
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
 VERDICT_ID = "ModelVerdict"
+# The splits the Trainer reads. The Evaluator scores `test` from ExampleGen's raw examples
+# through the model's own transform, so Transform writes no transformed copy of it.
+TRAINER_SPLITS = ("train", "eval")
 
 
 def create_pipeline(
@@ -31,6 +35,7 @@ def create_pipeline(
     preprocessing_fn: str = PREPROCESSING_FN,
     run_fn: str = RUN_FN,
     vertex_image: str | None = None,
+    transform_splits: Sequence[str] = TRAINER_SPLITS,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
     -> Trainer -> (latest blessed model) -> Evaluator -> ModelVerdict (per-slice gate)
@@ -38,7 +43,8 @@ def create_pipeline(
 
     `vertex_image` (the Kubeflow compile's image): with training.workers > 1 the Trainer
     runs as a Vertex AI CustomJob of that image (vertex_trainer_config); locally run_fn
-    starts the workers itself (trainer/launcher.py)."""
+    starts the workers itself (trainer/launcher.py). `transform_splits`: the splits
+    Transform materializes (the benchmarks add `test`, to score anchors on its rows)."""
     # What Transform and Trainer need; the schema travels as CuratedSchemaGen's parameter.
     custom_config = serialize(dataclasses.replace(config, schema_file=None))
 
@@ -75,6 +81,7 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=preprocessing_fn,
         custom_config=custom_config,
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=list(transform_splits)),
         # Its pre-transform statistics repeat StatisticsGen's, and nothing reads the
         # post-transform ones: together ~4 s of Transform's 30 on the taxi sample.
         disable_statistics=True)

@@ -148,3 +148,14 @@ def test_train_workers_on_kubeflow_need_a_vertex_project(tmp_path):
     with pytest.raises(configs.ConfigError, match="training.vertex_project"):
         compile_pipeline(["--output", str(tmp_path / "h.json"), "--image", IMAGE,
                           "--data-root", "gs://bucket/data/taxi", "--train-workers", "2"])
+
+
+def test_transform_writes_exactly_the_splits_the_trainer_reads():
+    nodes = {c.id: c for c in create_pipeline(configs.load(configs.DEFAULT_CONFIG)).components}
+    splits = json.loads(nodes["Transform"].exec_properties["splits_config"])
+    trainer = nodes["Trainer"].exec_properties
+    read = [*json.loads(trainer["train_args"])["splits"], *json.loads(trainer["eval_args"])["splits"]]
+    assert splits == {"analyze": ["train"], "transform": read} and read == ["train", "eval"]
+    # test is scored from ExampleGen's raw examples, which the model transforms itself.
+    assert json.loads(nodes["Evaluator"].exec_properties["example_splits"]) == ["test"]
+    assert nodes["Evaluator"].inputs["examples"].producer_component_id == "CsvExampleGen"
