@@ -221,11 +221,15 @@ def export_target_networks(config: PipelineConfig, model_dir: str,
     networks, weights = [], []
     selection = select_contexts(config, tft_output) if config.context else \
         ContextSelection([({}, {})], 1, {}, "the one network of a model without context")
+    module: TargetNetworkServing | None = None
     for index, (raw, inputs) in enumerate(selection.contexts):
         name = directory_name(index, raw)
         target = model.hyper.materialize(inputs, name="target_network")
         weights.append(np.concatenate([w.ravel() for w in target.get_weights()]))
-        module = TargetNetworkServing(target, model, tft_output, config)
+        if module is None:
+            module = TargetNetworkServing(target, model, tft_output, config)
+        else:  # every context's network has the same layers: one module, traced once
+            module.target.set_weights(target.get_weights())
         with without_keras_traces():
             tf.saved_model.save(module, os.path.join(output_dir, name),
                                 signatures={"serving_default": module.serve})
