@@ -25,7 +25,8 @@ RUN_FN = "trainer.task.run_fn"
 VERDICT_ID = "ModelVerdict"
 # The splits the Trainer reads. The Evaluator scores `test` from ExampleGen's raw examples
 # through the model's own transform, so Transform writes no transformed copy of it.
-TRAINER_SPLITS = ("train", "eval")
+TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
+TRAINER_SPLITS = (TRAIN_SPLIT, EVAL_SPLIT)
 
 
 def create_pipeline(
@@ -81,7 +82,7 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=preprocessing_fn,
         custom_config=custom_config,
-        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=list(transform_splits)),
+        splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(transform_splits)),
         # Its pre-transform statistics repeat StatisticsGen's, and nothing reads the
         # post-transform ones: together ~4 s of Transform's 30 on the taxi sample.
         disable_statistics=True)
@@ -110,8 +111,8 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=model_resolver.outputs["model"],  # warm start (trainer/warm_start.py)
-        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=config.training.eval_steps),
+        train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT], num_steps=config.training.train_steps),
+        eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT], num_steps=config.training.eval_steps),
         custom_config=trainer_config)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],

@@ -225,11 +225,12 @@ def export_target_networks(config: PipelineConfig, model_dir: str,
     for index, (raw, inputs) in enumerate(selection.contexts):
         name = directory_name(index, raw)
         target = model.hyper.materialize(inputs, name="target_network")
-        weights.append(np.concatenate([w.ravel() for w in target.get_weights()]))
+        values = target.get_weights()
+        weights.append(np.concatenate([w.ravel() for w in values]))
         if module is None:
             module = TargetNetworkServing(target, model, tft_output, config)
         else:  # every context's network has the same layers: one module, traced once
-            module.target.set_weights(target.get_weights())
+            module.target.set_weights(values)
         with without_keras_traces():
             tf.saved_model.save(module, os.path.join(output_dir, name),
                                 signatures={"serving_default": module.serve})
