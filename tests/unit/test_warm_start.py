@@ -11,7 +11,7 @@ from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.target_spec import TargetSpec
 from trainer.vocab_remap import read_vocabulary
-from trainer.warm_start import warm_start
+from trainer.warm_start import saved_variables, variables_under, warm_start
 
 NUMERIC = 2  # numeric inputs before the shared categorical block
 COLUMNS = ["x", "y"]  # the shared vocabulary's columns, in id order (one OOV id each)
@@ -151,6 +151,29 @@ def test_unchanged_vocabularies_copy_every_variable(tmp_path, caplog):
                             [*base.trainable_variables, base.intercepts["seg"]]):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     assert "7 variables copied, 0 remapped by vocabulary (vocabularies unchanged)" in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_saved_variables_are_what_loading_the_model_gives(tmp_path, kind):
+    """Read from the object graph and checkpoint alone: the same variables, flags and
+    values as tf.saved_model.load's (which warm start and the export used to pay for)."""
+    path = save_base(tmp_path, hyper(OLD, kind, randomize=True), OLD)
+    loaded = tf.saved_model.load(path).hyper
+    expected = {v.name: (v.trainable, v.numpy())
+                for v in [*variables_under(loaded), *variables_under(loaded, trainable=False)]}
+    saved = saved_variables(path)
+    assert sorted(v.name for v in saved) == sorted(expected)
+    assert any(not v.trainable for v in saved) and any(v.trainable for v in saved)
+    for v in saved:
+        trainable, value = expected[v.name]
+        assert (v.trainable, v.shape) == (trainable, value.shape)
+        np.testing.assert_array_equal(v.numpy(), value)
+
+
+def test_an_unreadable_base_means_training_from_scratch(tmp_path):
+    write_vocab(tmp_path / "base" / "assets", OLD)  # its vocabularies, but no model
+    reason = warm_start(hyper(OLD), str(tmp_path / "base"), write_vocab(tmp_path / "v", OLD), COLUMNS)
+    assert reason.startswith(f"cannot read the base model at {tmp_path / 'base'}: ")
 
 
 @pytest.mark.parametrize("change, reason", [
