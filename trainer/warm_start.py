@@ -108,10 +108,10 @@ def saved_variables(model_dir: str, child: str = "hyper") -> list[SavedVariable]
     if len(graph.nodes) != len(nodes):
         raise ValueError(f"its checkpoint has {len(graph.nodes)} objects, its object graph "
                          f"{len(nodes)}")
-    roots = [c.node_id for c in nodes[0].children if c.local_name == child]
-    if not roots:
+    root = next((c.node_id for c in nodes[0].children if c.local_name == child), None)
+    if root is None:
         raise ValueError(f"it has no {child!r}")
-    found, stack, seen = [], roots[:1], set(roots[:1])
+    found, stack, seen = [], [root], {root}
     while stack:
         node = stack.pop()
         if nodes[node].WhichOneof("kind") == "variable":
