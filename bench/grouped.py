@@ -206,7 +206,8 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
     preds, labels = predict(model, table)
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history),
-            "pooling": history["pooling"][0], "generator": history["generator"][0],
+            "pooling": history["pooling"][0], "shared_l2": history["shared_l2"][0],
+            "generator": history["generator"][0],
             "intercept_strength": history["intercept_strength"][0],
             "seconds": time.time() - start}
 

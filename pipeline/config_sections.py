@@ -155,6 +155,9 @@ class ModelConfig:
     # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks").
     generator: tuple[str, ...] = ("film", "lowrank")
     pooling: tuple[float, ...] = (3.0, 10.0)
+    # L2 on the pooled kinds' shared network kernels, in units of the (standardised) label
+    # like pooling; several values: one model for each, as for pooling.
+    shared_l2: tuple[float, ...] = (0.0,)
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
     # After training, each categorical context value gets an output intercept in closed
     # form: its train residuals' sum / (its rows + k), k chosen on eval from these (or

@@ -238,6 +238,9 @@ class PipelineConfig:
             self._fail(f"model.generator {list(m.generator)} must be one or more of {GENERATORS}")
         if not m.pooling or any(not isinstance(v, (int, float)) or v < 0 for v in m.pooling):
             self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
+        if not m.shared_l2 or any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
+                                  for v in m.shared_l2):
+            self._fail(f"model.shared_l2 must be one or more numbers >= 0, got {m.shared_l2!r}")
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
         if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
@@ -305,8 +308,10 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
     for key, value in data.items():
         if isinstance(value, list):
             data[key] = tuple(value)
-    if cls is ModelConfig and isinstance(data.get("pooling"), (int, float)):
-        data["pooling"] = (data["pooling"],)  # one value, written as a number
+    if cls is ModelConfig:
+        for field in ("pooling", "shared_l2"):  # one value, written as a number
+            if isinstance(data.get(field), (int, float)):
+                data[field] = (data[field],)
     if cls is ModelConfig and isinstance(data.get("generator"), str):
         data["generator"] = (data["generator"],)
     return cls(**data)

@@ -99,14 +99,16 @@ def context_spec(config: PipelineConfig, layout: ModelLayout) -> ContextSpec:
 
 
 def generator_config(config: PipelineConfig, pooling: float = 0.0, train_examples: int = 0,
-                     kind: str | None = None) -> GeneratorConfig:
+                     kind: str | None = None, shared_l2: float = 0.0) -> GeneratorConfig:
     """The library's generator settings; shrinkage = pooling / N, a prior on each group's
     deviation in units of the mean training loss (0 when N is unknown: inference only).
-    `kind`: one of model.generator (default its first)."""
+    `kind`: one of model.generator (default its first); `shared_l2`: one of model.shared_l2,
+    already in the loss's units."""
     m = config.model
     return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
                            head_l2=m.generator_l2, kind=kind or m.generator[0], rank=m.rank,
-                           shrinkage=pooling / train_examples if train_examples else 0.0)
+                           shrinkage=pooling / train_examples if train_examples else 0.0,
+                           shared_l2=shared_l2)
 
 
 class FeatureAssembler(tf.keras.layers.Layer):
@@ -138,13 +140,15 @@ class ConfiguredHyperModel(GraphModel):
     """Transformed features -> prediction, through the config's hypernetwork."""
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, pooling: float = 0.0,
-                 train_examples: int = 0, kind: str | None = None, **kwargs: Any):
+                 train_examples: int = 0, kind: str | None = None, shared_l2: float = 0.0,
+                 **kwargs: Any):
         require_legacy_keras()
         super().__init__(**kwargs)
         self.context_names = list(config.context)
         self.assembler = FeatureAssembler(config, layout, name="feature_assembler")
         self.hyper = HyperNetwork(target_spec(config, layout), context_spec(config, layout),
-                                  generator_config(config, pooling, train_examples, kind),
+                                  generator_config(config, pooling, train_examples, kind,
+                                                   shared_l2),
                                   name="hypernetwork")
 
     def set_output_affine(self, scale: float, shift: float) -> None:

@@ -157,8 +157,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def compile_model(model: tf.keras.Model, config: PipelineConfig) -> None:
     task = config.label.task
-    # "data_loss": the loss without the pooling penalty, which early stopping and the
-    # choice between pooling strengths read (the penalty differs between them).
+    # "data_loss": the loss without the pooling and L2 penalties, which early stopping and
+    # the choice between candidates read (the penalties differ between them).
     if task == "binary":
         loss = tf.keras.losses.BinaryCrossentropy()
         metrics = [tf.keras.metrics.BinaryCrossentropy(name=DATA_LOSS),
@@ -241,9 +241,9 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      base_model: str | None = None, log_dir: str | None = None,
                      build: Callable[[float, int], tf.keras.Model] | None = None,
                      ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
-    """The trained model and its history: one model per generator kind and pooling
-    strength of the config, each seeded alike and early-stopped on eval; the lowest eval
-    data loss is kept (eval chose it: only test judges it), then its context intercepts
+    """The trained model and its history: one model per generator kind, pooling strength
+    and shared L2 of the config, each seeded alike and early-stopped on eval; the lowest
+    eval data loss is kept (eval chose it: only test judges it), then its context intercepts
     are fitted on train, their strength chosen on eval (model.intercept_strengths).
 
     `build(pooling, train_examples)` makes each model instead (the benchmarks pass their
@@ -251,29 +251,31 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     """
     strategy = strategy or tf.distribute.get_strategy()
     layout = ModelLayout.from_transform(config, tft_output)
-    kinds = config.model.generator if build is None else config.model.generator[:1]
-    candidates = [(kind, pooling) for kind in kinds for pooling in config.model.pooling]
+    m = config.model
+    kinds, l2s = (m.generator, m.shared_l2) if build is None else (m.generator[:1], (0.0,))
+    candidates = [(kind, pooling, l2) for kind in kinds for pooling in m.pooling for l2 in l2s]
 
-    def make(kind: str, pooling: float, examples: int) -> tf.keras.Model:
+    def make(kind: str, pooling: float, l2: float, examples: int) -> tf.keras.Model:
         if build is not None:
             return build(pooling, examples)
-        return ConfiguredHyperModel(config, layout, pooling, examples, kind, name="hyper_model")
+        return ConfiguredHyperModel(config, layout, pooling, examples, kind, l2,
+                                    name="hyper_model")
     eval_ds = make_dataset(eval_files, tft_output, config, training=False)
     stats = label_stats(train_files, tft_output, config)
     train_examples = stats.count
     regression = config.label.task == "regression"
-    # Regression: the target network predicts the standardised label, and the prior is
-    # in those units too (the loss is in the label's: shrinkage scales with its variance).
+    # Regression: the target network predicts the standardised label, and the prior and
+    # the L2 are in those units too (the loss is in the label's: both scale with its variance).
     loss_scale = stats.variance if regression and stats.variance > 0 else 1.0
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
-    for kind, pooling in candidates:
+    for kind, pooling, l2 in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)
         # A new input pipeline per candidate: a shared one's shuffle state would carry over
         # as far as its prefetching read ahead (timing-dependent), and each candidate would
         # see another order from run to run.
         train_ds = make_dataset(train_files, tft_output, config)
         with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
-            model = make(kind, pooling * loss_scale, train_examples)
+            model = make(kind, pooling * loss_scale, l2 * loss_scale, train_examples)
             if regression:
                 model.set_output_affine(math.sqrt(loss_scale), stats.mean)
             compile_model(model, config)
@@ -283,9 +285,10 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                            shared_columns=layout.shared_columns)
         history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)
         score = min(history[f"val_{DATA_LOSS}"])
-        logging.info("generator %s, pooling %s: best eval %s %.6f", kind, pooling, DATA_LOSS,
-                     score)
+        logging.info("generator %s, pooling %s, shared L2 %s: best eval %s %.6f", kind, pooling,
+                     l2, DATA_LOSS, score)
         history["pooling"] = [float(pooling)]
+        history["shared_l2"] = [float(l2)]
         history["generator"] = [kind]
         if best is None or score < best[0]:
             best = (score, model, history)

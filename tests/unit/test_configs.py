@@ -74,6 +74,8 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(training__workers=0), "training.workers must be a positive number"),
     (with_(model__intercept_strengths=[1, -3]), "model.intercept_strengths must be numbers >= 0"),
     (with_(model__intercept_strengths=["strong"]), "got ['strong']"),
+    (with_(model__shared_l2=[0, -1e-3]), "model.shared_l2 must be one or more numbers >= 0"),
+    (with_(model__shared_l2=[]), "model.shared_l2 must be one or more numbers >= 0, got ()"),
     (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
     (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),
 ])
@@ -83,6 +85,11 @@ def test_invalid_configs_name_the_problem(tmp_path, data, message):
         configs.load(path)
     assert message in str(err.value)
     assert path in str(err.value)
+
+
+def test_one_pooling_or_shared_l2_value_may_be_written_as_a_number(tmp_path):
+    config = configs.load(write(tmp_path, with_(model__pooling=10, model__shared_l2=0.01)))
+    assert (config.model.pooling, config.model.shared_l2) == ((10,), (0.01,))
 
 
 def test_columns_missing_from_the_csv_are_named_with_their_role(tmp_path):

@@ -51,6 +51,9 @@ class GeneratorConfig:
     # Pooled kinds: the loss adds shrinkage * sum over contexts of |deviation|^2. As
     # lambda / N (N training examples) it is a Gaussian prior on each group's deviation.
     shrinkage: float = 0.0
+    # Pooled kinds: L2 on the shared network's kernels (weight decay of what every context
+    # shares; the deviation keeps its own prior, `shrinkage`).
+    shared_l2: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trunk_units", tuple(int(u) for u in self.trunk_units))
@@ -71,6 +74,8 @@ class GeneratorConfig:
             raise ValueError(f"generator rank must be >= 1, got {self.rank}")
         if self.shrinkage < 0:
             raise ValueError(f"generator shrinkage must be >= 0, got {self.shrinkage}")
+        if self.shared_l2 < 0:
+            raise ValueError(f"generator shared_l2 must be >= 0, got {self.shared_l2}")
 
 
 class ParameterGenerator(tf.keras.layers.Layer):

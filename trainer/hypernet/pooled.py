@@ -9,7 +9,8 @@ moves away from it by a deviation that is a linear function of its conditioning:
   shared network;
 - the composite model adds `shrinkage * sum over contexts of |deviation|^2` to the
   loss (with shrinkage = lambda / N, a Gaussian prior on each group's deviation), so a
-  context with few examples stays near the shared network and a large one moves freely.
+  context with few examples stays near the shared network and a large one moves freely;
+- optionally (`shared_l2`), the shared network's kernels get an L2 penalty of their own.
 
 Kinds (GeneratorConfig.kind):
 - "film": per hidden unit, a scale and a shift of the shared network's pre-activation
@@ -42,12 +43,14 @@ class PooledGenerator(ParameterGenerator):
     def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs: object):
         super().__init__(spec, config, **kwargs)
         self.shared = []
+        decay = tf.keras.regularizers.L2(config.shared_l2) if config.shared_l2 else None
         for p in spec.params():
             last = p.name.startswith(f"dense_{spec.num_layers - 1}/")
             std = math.sqrt((1.0 if last else spec.gain) / p.fan_in)
             init = "zeros" if p.is_bias else tf.keras.initializers.RandomNormal(stddev=std)
             self.shared.append(self.add_weight(name=f"shared/{p.name}", shape=p.shape,
-                                               initializer=init))
+                                               initializer=init,
+                                               regularizer=None if p.is_bias else decay))
         self.sizes = self.deviation_sizes()
         self.to_deviation = tf.keras.layers.Dense(
             sum(self.sizes), use_bias=False, name="deviation",

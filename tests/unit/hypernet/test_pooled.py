@@ -113,6 +113,28 @@ def test_penalty_is_shrinkage_times_every_contexts_squared_deviation(kind):
     assert float(tf.reduce_sum(tf.square(deviations[4]))) == 0.0  # the OOV id: no deviation
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_shared_l2_penalises_the_shared_kernels_and_nothing_else(kind):
+    output_dim, activation = HEADS["sigmoid"]
+    spec = TargetSpec(5, (6, 4), output_dim, activation=activation, head="sigmoid")
+    model = HyperNetwork(spec, WITH_OOV, GeneratorConfig(kind=kind, rank=2, shrinkage=0.25,
+                                                         shared_l2=0.01))
+    model(batch(WITH_OOV, spec.input_dim))
+    perturb(model, 0)
+    kernels = [w for w in model.generator.shared if "kernel" in w.name]
+    assert len(kernels) == spec.num_layers
+    decay = 0.01 * sum(float(tf.reduce_sum(tf.square(k))) for k in kernels)
+    assert decay > 0
+    assert len(model.losses) == 1 + spec.num_layers  # the deviation's prior + one per kernel
+    assert float(tf.add_n(model.losses)) == pytest.approx(
+        decay + float(model.pooling_penalty()), rel=1e-5)
+
+
+def test_shared_l2_must_not_be_negative():
+    with pytest.raises(ValueError, match="shared_l2 must be >= 0, got -0.1"):
+        GeneratorConfig(kind="film", shared_l2=-0.1)
+
+
 def test_shrinkage_pulls_a_small_groups_network_to_the_shared_one():
     """A group of 800 examples and one of 8 with the opposite rule. Under shrinkage the
     small group's network stays near the shared one (far nearer than without); the large
