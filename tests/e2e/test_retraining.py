@@ -249,7 +249,7 @@ def replay(tmp_path_factory):
         r.run(name, write_config(
             str(r.tmp / f"{name}.yaml"), base=r.config_path, gates={"lower_bound": 0.999},
             training={**TRAINING, "train_steps": 20, "warm_start": warm},
-            model={"generator": kept["generator"], "pooling": kept["pooling"]}))
+            model={k: kept[k] for k in ("generator", "pooling", "shared_l2")}))
     # 3. Good new data: blessed and pushed next to the old version.
     r.run("good")
     # A candidate worse in a context slice while the overall gates are opened wide: only
@@ -402,7 +402,7 @@ def test_warm_start_beats_a_cold_start_on_the_same_span(replay):
     assert "warm start" not in cold_step.output
     warm = trainer_history(replay.config, warm_step.runs[0])
     cold = trainer_history(replay.config, cold_step.runs[0])
-    assert (cold["generator"], cold["pooling"]) == (warm["generator"], warm["pooling"])
+    assert all(cold[k] == warm[k] for k in ("generator", "pooling", "shared_l2"))
     print(f"span 3, {warm['generator'][0]} pooling {warm['pooling'][0]}: first-epoch "
           f"val_data_loss warm {warm['val_data_loss'][0]:.6f}, cold {cold['val_data_loss'][0]:.6f}")
     assert warm["val_data_loss"][0] < cold["val_data_loss"][0]

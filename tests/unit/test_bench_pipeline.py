@@ -45,10 +45,13 @@ def test_tuned_template_runner_passes_our_beam_args_and_tunes(tmp_path):
 
 def test_equal_steps_config_is_one_candidate_at_the_template_budget(tmp_path):
     default = configs.from_dict(pvt.ours_config(str(tmp_path)), base_dir=ROOT)
-    assert len(default.model.generator) * len(default.model.pooling) > 1
+    def candidates(m: configs.ModelConfig) -> int:
+        return len(m.generator) * len(m.pooling) * len(m.shared_l2)
+
+    assert candidates(default.model) > 1
     config = configs.from_dict(pvt.ours_config(str(tmp_path), equal_steps=True), base_dir=ROOT)
     assert config.features == default.features and config.data_root == default.data_root
-    assert len(config.model.generator) * len(config.model.pooling) == 1
+    assert candidates(config.model) == 1
     assert default.model.intercept_strengths and not config.model.intercept_strengths
     t = config.training
     assert t.train_steps == pvt.TEMPLATE_STEPS and t.batch_size == pvt.TEMPLATE_BATCH
