@@ -151,13 +151,14 @@ class ModelConfig:
     # pool (shared network + a shrunk per-context deviation), "full" generates every weight.
     # Pooling strength lambda: the loss adds lambda / N * sum over contexts of |deviation|^2
     # (N training examples), a prior that keeps small groups near the shared network.
-    # Several kinds or strengths: one model for each pair, the best on eval is kept
-    # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks").
+    # Several kinds or strengths: one model for each combination, the best on eval is kept
+    # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks";
+    # docs/grouped-defaults.md, section 11).
     generator: tuple[str, ...] = ("film", "lowrank")
-    pooling: tuple[float, ...] = (3.0, 10.0)
-    # L2 on the pooled kinds' shared network kernels, in units of the (standardised) label
-    # like pooling; several values: one model for each, as for pooling.
-    shared_l2: tuple[float, ...] = (0.0,)
+    pooling: tuple[float, ...] = (10.0,)
+    # L2 on the pooled kinds' shared network kernels (weight decay of what every context
+    # shares), in units of the standardised label like pooling.
+    shared_l2: tuple[float, ...] = (0.0, 0.003)
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
     # After training, each categorical context value gets an output intercept in closed
     # form: its train residuals' sum / (its rows + k), k chosen on eval from these (or
