@@ -23,7 +23,13 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx import v1 as tfx
 
-from pipeline.configs import HISTORY_FILE, TRANSFORM_SIGNATURE, PipelineConfig, deserialize
+from pipeline.configs import (
+    HISTORY_FILE,
+    TRANSFORM_SIGNATURE,
+    ModelConfig,
+    PipelineConfig,
+    deserialize,
+)
 from trainer import launcher
 from trainer.context_intercepts import fit_model_intercepts
 from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, without_keras_traces
@@ -235,6 +241,13 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         launcher.await_chief_export(fn_args.serving_model_dir)
 
 
+def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, float, float]]:
+    """(generator kind, pooling, shared L2) of every model the Trainer fits. An anchor (a
+    benchmark's reference model) has no generator: one kind and no shared L2."""
+    kinds, l2s = (m.generator[:1], (0.0,)) if anchor else (m.generator, m.shared_l2)
+    return [(kind, pooling, l2) for kind in kinds for pooling in m.pooling for l2 in l2s]
+
+
 def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      train_files: str | list[str], eval_files: str | list[str],
                      strategy: tf.distribute.Strategy | None = None,
@@ -251,9 +264,7 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     """
     strategy = strategy or tf.distribute.get_strategy()
     layout = ModelLayout.from_transform(config, tft_output)
-    m = config.model
-    kinds, l2s = (m.generator, m.shared_l2) if build is None else (m.generator[:1], (0.0,))
-    candidates = [(kind, pooling, l2) for kind in kinds for pooling in m.pooling for l2 in l2s]
+    candidates = model_candidates(config.model, anchor=build is not None)
 
     def make(kind: str, pooling: float, l2: float, examples: int) -> tf.keras.Model:
         if build is not None:

@@ -1,0 +1,49 @@
+"""The Trainer's candidate models: one per generator kind, pooling strength and shared L2,
+and the shared L2 reaching the configured model (fixture `taxi`: tests/unit/conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import tensorflow as tf
+
+from pipeline import configs
+from tests.support import transform
+from trainer.model import ConfiguredHyperModel, ModelLayout
+from trainer.task import model_candidates
+
+
+def test_every_kind_pooling_and_shared_l2_combination_is_a_candidate():
+    m = configs.ModelConfig(generator=("film", "lowrank"), pooling=(10.0,), shared_l2=(0.0, 0.003))
+    assert model_candidates(m) == [("film", 10.0, 0.0), ("film", 10.0, 0.003),
+                                   ("lowrank", 10.0, 0.0), ("lowrank", 10.0, 0.003)]
+    # An anchor has no generator: its first kind stands in, pooling strengths only, no L2.
+    assert model_candidates(dataclasses.replace(m, pooling=(3.0, 10.0)), anchor=True) == [
+        ("film", 3.0, 0.0), ("film", 10.0, 0.0)]
+
+
+def test_the_default_grid_keeps_four_candidates_with_and_without_shared_l2():
+    candidates = model_candidates(configs.ModelConfig())
+    assert len(candidates) == 4
+    assert {l2 for _, _, l2 in candidates} == {0.0, 0.003}
+
+
+def test_shared_l2_is_a_loss_on_the_configured_models_shared_kernels(taxi):
+    config, rows, dtypes, tft_output = taxi
+    layout = ModelLayout.from_transform(config, tft_output)
+    features = transform(tft_output, rows, dtypes)
+    losses = {}
+    for l2 in (0.0, 0.5):
+        model = ConfiguredHyperModel(config, layout, pooling=10.0, train_examples=400,
+                                     kind="film", shared_l2=l2, name="hyper_model")
+        model({k: v[:2] for k, v in features.items()})  # built
+        kernels = [w for w in model.hyper.generator.shared if "kernel" in w.name]
+        assert len(kernels) == len(config.model.hidden_units) + 1
+        decay = l2 * sum(float(tf.reduce_sum(tf.square(k))) for k in kernels)
+        losses[l2] = (len(model.losses), float(tf.add_n(model.losses)), decay,
+                      float(model.hyper.pooling_penalty()))
+    assert losses[0.0][0] == 1  # the deviation's prior alone
+    count, total, decay, prior = losses[0.5]
+    assert count == 1 + len(config.model.hidden_units) + 1 and decay > 0
+    assert total == pytest.approx(decay + prior, rel=1e-5)
