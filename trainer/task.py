@@ -33,6 +33,7 @@ from pipeline.configs import (
 from trainer import launcher
 from trainer.context_intercepts import fit_model_intercepts
 from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, without_keras_traces
+from trainer.hypernet.kinds import GENERATOR_KINDS
 from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
 
@@ -242,10 +243,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
 
 def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, float, float]]:
-    """(generator kind, pooling, shared L2) of every model the Trainer fits. An anchor (a
+    """(generator kind, pooling, shared L2) of every model the Trainer fits. Pooling and
+    the shared L2 act on the pooled kinds only: "full" is one model. An anchor (a
     benchmark's reference model) has no generator: one kind and no shared L2."""
-    kinds, l2s = (m.generator[:1], (0.0,)) if anchor else (m.generator, m.shared_l2)
-    return [(kind, pooling, l2) for kind in kinds for pooling in m.pooling for l2 in l2s]
+    if anchor:
+        return [(m.generator[0], pooling, 0.0) for pooling in m.pooling]
+    candidates: list[tuple[str, float, float]] = []
+    for kind in m.generator:
+        if GENERATOR_KINDS[kind].pooled:
+            candidates += [(kind, pooling, l2) for pooling in m.pooling for l2 in m.shared_l2]
+        else:
+            candidates.append((kind, 0.0, 0.0))
+    return candidates
 
 
 def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 # a short training, so the blessed path (push, target networks) runs.
 ROWS = 2000
 TRAINING = {"train_steps": 150, "epochs": 2, "eval_steps": 5}
-MODEL = {"generator": ["film"], "pooling": [3.0]}  # one candidate: no model selection
+MODEL = {"generator": ["film"], "pooling": [3.0], "shared_l2": [0.0]}  # one candidate: no model selection
 TFX_EXECUTORS = {  # task -> the TFX executor its container runs
     "CsvExampleGen": "tfx.components.example_gen.csv_example_gen.executor.Executor",
     "StatisticsGen": "tfx.components.statistics_gen.executor.Executor",

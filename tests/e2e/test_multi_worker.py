@@ -40,7 +40,7 @@ ROWS = 2000  # ~1,200 train / 400 eval / 400 test rows
 # One epoch, one candidate: nothing is chosen between near-equal eval losses, which the
 # cluster and the single process could order differently (float summation order).
 TRAINING = {"train_steps": 24, "epochs": 1, "eval_steps": 4, "batch_size": 64}
-MODEL = {"generator": ["film"], "pooling": [3.0]}
+MODEL = {"generator": ["film"], "pooling": [3.0], "shared_l2": [0.0]}
 TIMEOUT_S = 1500
 
 

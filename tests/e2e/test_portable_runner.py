@@ -30,7 +30,7 @@ from tests.support import ROOT, TAXI_CSV, pipeline_env, read_csv, to_example, wr
 pytestmark = pytest.mark.e2e
 ROWS = 1500
 TRAINING = {"train_steps": 60, "epochs": 1, "eval_steps": 5}
-MODEL = {"generator": ["film"], "pooling": [3.0]}
+MODEL = {"generator": ["film"], "pooling": [3.0], "shared_l2": [0.0]}
 BEAM_COMPONENTS = ("CsvExampleGen", "StatisticsGen", "Transform", "Evaluator")
 SPLITS = ("train", "eval", "test")
 

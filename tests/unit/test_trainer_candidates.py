@@ -23,6 +23,13 @@ def test_every_kind_pooling_and_shared_l2_combination_is_a_candidate():
         ("film", 3.0, 0.0), ("film", 10.0, 0.0)]
 
 
+def test_a_full_generator_is_one_candidate_whatever_the_pooling_and_l2_grids():
+    m = configs.ModelConfig(generator=("full", "film"), pooling=(3.0, 10.0), shared_l2=(0.0, 0.01))
+    candidates = model_candidates(m)
+    assert candidates[0] == ("full", 0.0, 0.0)
+    assert len(candidates) == 1 + 4 and sum(k == "full" for k, _, _ in candidates) == 1
+
+
 def test_the_default_grid_keeps_four_candidates_with_and_without_shared_l2():
     candidates = model_candidates(configs.ModelConfig())
     assert len(candidates) == 4
