@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
@@ -238,13 +238,11 @@ class PipelineConfig:
             self._fail(f"model.generator {list(m.generator)} must be one or more of {GENERATORS}")
         if not m.pooling or any(not isinstance(v, (int, float)) or v < 0 for v in m.pooling):
             self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
-        if not m.shared_l2 or any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
-                                  for v in m.shared_l2):
+        if not m.shared_l2 or not _non_negative_numbers(m.shared_l2):
             self._fail(f"model.shared_l2 must be one or more numbers >= 0, got {m.shared_l2!r}")
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
-        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
-               for v in m.intercept_strengths):
+        if not _non_negative_numbers(m.intercept_strengths):
             self._fail("model.intercept_strengths must be numbers >= 0 (or [] for none), "
                        f"got {list(m.intercept_strengths)!r}")
         for split, buckets in self.splits.buckets().items():
@@ -297,6 +295,12 @@ class PipelineConfig:
 
 
 _Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _non_negative_numbers(values: Sequence[Any]) -> bool:
+    """Every value a number >= 0 (a YAML true/false is not a number here)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and not v < 0
+               for v in values)
 
 
 def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _Section:

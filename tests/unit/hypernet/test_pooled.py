@@ -18,11 +18,12 @@ WITH_OOV = ContextSpec(categorical={"cat": 5}, oov_ids={"cat": 4})
 
 
 def build(kind: str, context: ContextSpec, head: str = "sigmoid", shrinkage: float = 0.0,
-          seed: int = 0, perturbed: bool = True) -> HyperNetwork:
+          seed: int = 0, perturbed: bool = True, shared_l2: float = 0.0) -> HyperNetwork:
     output_dim, activation = HEADS[head]
     spec = TargetSpec(5, (6, 4), output_dim, activation=activation, head=head)
     tf.keras.utils.set_random_seed(seed)
-    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, rank=2, shrinkage=shrinkage))
+    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, rank=2, shrinkage=shrinkage,
+                                                        shared_l2=shared_l2))
     model(batch(context, spec.input_dim))
     if perturbed:
         perturb(model, seed)
@@ -115,12 +116,8 @@ def test_penalty_is_shrinkage_times_every_contexts_squared_deviation(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_shared_l2_penalises_the_shared_kernels_and_nothing_else(kind):
-    output_dim, activation = HEADS["sigmoid"]
-    spec = TargetSpec(5, (6, 4), output_dim, activation=activation, head="sigmoid")
-    model = HyperNetwork(spec, WITH_OOV, GeneratorConfig(kind=kind, rank=2, shrinkage=0.25,
-                                                         shared_l2=0.01))
-    model(batch(WITH_OOV, spec.input_dim))
-    perturb(model, 0)
+    model = build(kind, WITH_OOV, shrinkage=0.25, shared_l2=0.01)
+    spec = model.target
     kernels = [w for w in model.generator.shared if "kernel" in w.name]
     assert len(kernels) == spec.num_layers
     decay = 0.01 * sum(float(tf.reduce_sum(tf.square(k))) for k in kernels)
