@@ -300,7 +300,11 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                 model.set_output_affine(math.sqrt(loss_scale), stats.mean)
             compile_model(model, config)
             if config.training.warm_start and isinstance(model, ConfiguredHyperModel):
-                model(next(iter(train_ds))[0])  # build the variables before copying into them
+                # Built on zeros of the features' spec, not a batch of train_ds: every
+                # iterator of it shares its shuffle seeds, and one thrown away reads ahead
+                # (new seeds at each pass) as far as timing lets it: fit's order would vary.
+                model(tf.nest.map_structure(  # built before the weights are copied in
+                    lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), train_ds.element_spec[0]))
                 warm_start(model.hyper, base_model, vocabulary_files(config, tft_output),
                            shared_columns=layout.shared_columns)
         history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)
