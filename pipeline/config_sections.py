@@ -153,9 +153,9 @@ class ModelConfig:
     # (N training examples), a prior that keeps small groups near the shared network.
     # Several kinds or strengths: one model for each combination, the best on eval is kept
     # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks";
-    # docs/grouped-defaults.md, section 11).
+    # docs/grouped-defaults.md, sections 11-12).
     generator: tuple[str, ...] = ("film", "lowrank")
-    pooling: tuple[float, ...] = (10.0,)
+    pooling: tuple[float, ...] = (30.0,)
     # L2 on the pooled kinds' shared network kernels (weight decay of what every context
     # shares), in units of the standardised label like pooling.
     shared_l2: tuple[float, ...] = (0.0, 0.003)
