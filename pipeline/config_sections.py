@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 TASKS = ("binary", "multiclass", "regression")
 GENERATORS = ("full", "lowrank", "film")  # trainer/hypernet/kinds.py registers each
+POOLED_GENERATORS = ("lowrank", "film")  # shared network + shrunk deviation: pooling, shared L2
 DISTRIBUTIONS = ("default", "multi_worker_mirrored")
 # "<column> <op> [<number> *] <column-or-number>", e.g. "tips > 0.2 * fare".
 _RULE = re.compile(
@@ -157,8 +158,11 @@ class ModelConfig:
     generator: tuple[str, ...] = ("film", "lowrank")
     pooling: tuple[float, ...] = (30.0,)
     # L2 on the pooled kinds' shared network kernels (weight decay of what every context
-    # shares), in units of the standardised label like pooling.
-    shared_l2: tuple[float, ...] = (0.0, 0.003)
+    # shares), in units of the standardised label like pooling: a list for every pooled
+    # kind, or a list per kind. lowrank without it was never kept on eval at pooling 30
+    # (docs/grouped-defaults.md, section 14), so it is not trained.
+    shared_l2: tuple[float, ...] | Mapping[str, tuple[float, ...]] = dataclasses.field(
+        default_factory=lambda: {"film": (0.0, 0.003), "lowrank": (0.003,)})
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
     # After training, each categorical context value gets an output intercept in closed
     # form: its train residuals' sum / (its rows + k), k chosen on eval from these (or
@@ -170,6 +174,12 @@ class ModelConfig:
     chunk_size: int = 0
     chunk_embedding_dim: int = 16
     generator_l2: float = 0.0
+
+    def shared_l2_of(self, kind: str) -> tuple[float, ...]:
+        """The shared-L2 strengths a pooled `kind` is trained with (none configured: ())."""
+        if isinstance(self.shared_l2, Mapping):
+            return tuple(self.shared_l2.get(kind, ()))
+        return tuple(self.shared_l2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pipeline.config_sections import (  # noqa: F401 - re-exported: readers impo
     GENERATORS,
     HISTORY_FILE,
     MANIFEST_FILE,
+    POOLED_GENERATORS,
     REPORT_FILE,
     RUNS_FILE,
     TASKS,
@@ -164,6 +165,23 @@ class PipelineConfig:
     def _fail(self, message: str) -> None:
         raise ConfigError(f"{self.source}: {message}")
 
+    def _validate_shared_l2(self) -> None:
+        """A list of strengths >= 0 for every pooled kind, or one per pooled kind trained."""
+        m = self.model
+        lists = dict(m.shared_l2) if isinstance(m.shared_l2, Mapping) else {"": m.shared_l2}
+        unknown = sorted(set(lists) - set(POOLED_GENERATORS) - {""})
+        if unknown:
+            self._fail(f"model.shared_l2 names {unknown}: it applies to the pooled generator "
+                       f"kinds {list(POOLED_GENERATORS)} only")
+        for kind, values in lists.items():
+            if not values or not _non_negative_numbers(values):
+                where = f"model.shared_l2.{kind}" if kind else "model.shared_l2"
+                self._fail(f"{where} must be one or more numbers >= 0, got {values!r}")
+        missing = [g for g in m.generator if g in POOLED_GENERATORS and not m.shared_l2_of(g)]
+        if missing:
+            self._fail(f"model.shared_l2 gives no strengths for generator {missing}: "
+                       f"add {missing[0]}: [0] (no L2) or a list")
+
     def _validate_gate_bounds(self) -> None:
         """A bound must point the metric's way: AUC >= x, MSE <= x; never the reverse."""
         g = self.gates
@@ -238,8 +256,7 @@ class PipelineConfig:
             self._fail(f"model.generator {list(m.generator)} must be one or more of {GENERATORS}")
         if not m.pooling or any(not isinstance(v, (int, float)) or v < 0 for v in m.pooling):
             self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
-        if not m.shared_l2 or not _non_negative_numbers(m.shared_l2):
-            self._fail(f"model.shared_l2 must be one or more numbers >= 0, got {m.shared_l2!r}")
+        self._validate_shared_l2()
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
         if not _non_negative_numbers(m.intercept_strengths):
@@ -316,6 +333,9 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
         for field in ("pooling", "shared_l2"):  # one value, written as a number
             if isinstance(data.get(field), (int, float)):
                 data[field] = (data[field],)
+        if isinstance(data.get("shared_l2"), Mapping):  # a list (or a number) per kind
+            data["shared_l2"] = {kind: tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                                 for kind, v in data["shared_l2"].items()}
     if cls is ModelConfig and isinstance(data.get("generator"), str):
         data["generator"] = (data["generator"],)
     return cls(**data)

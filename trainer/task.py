@@ -251,7 +251,8 @@ def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, fl
     candidates: list[tuple[str, float, float]] = []
     for kind in m.generator:
         if GENERATOR_KINDS[kind].pooled:
-            candidates += [(kind, pooling, l2) for pooling in m.pooling for l2 in m.shared_l2]
+            candidates += [(kind, pooling, l2) for pooling in m.pooling
+                           for l2 in m.shared_l2_of(kind)]
         else:
             candidates.append((kind, 0.0, 0.0))
     return candidates

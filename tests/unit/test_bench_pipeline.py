@@ -13,6 +13,7 @@ import sys
 from bench import pipeline_vs_template as pvt
 from bench import run_all
 from pipeline import configs
+from trainer.task import model_candidates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,7 +47,7 @@ def test_tuned_template_runner_passes_our_beam_args_and_tunes(tmp_path):
 def test_equal_steps_config_is_one_candidate_at_the_template_budget(tmp_path):
     default = configs.from_dict(pvt.ours_config(str(tmp_path)), base_dir=ROOT)
     def candidates(m: configs.ModelConfig) -> int:
-        return len(m.generator) * len(m.pooling) * len(m.shared_l2)
+        return len(model_candidates(m))
 
     assert candidates(default.model) > 1
     config = configs.from_dict(pvt.ours_config(str(tmp_path), equal_steps=True), base_dir=ROOT)

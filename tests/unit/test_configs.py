@@ -1,6 +1,7 @@
 """Config loading and validation: every bad config fails with a message naming the problem."""
 
 import copy
+import json
 import os
 
 import pytest
@@ -76,6 +77,12 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(model__intercept_strengths=["strong"]), "got ['strong']"),
     (with_(model__shared_l2=[0, -1e-3]), "model.shared_l2 must be one or more numbers >= 0"),
     (with_(model__shared_l2=[]), "model.shared_l2 must be one or more numbers >= 0, got ()"),
+    (with_(model__shared_l2={"film": [0], "ful": [0.1]}),
+     "model.shared_l2 names ['ful']: it applies to the pooled generator kinds"),
+    (with_(model__shared_l2={"film": [0], "lowrank": []}),
+     "model.shared_l2.lowrank must be one or more numbers >= 0, got ()"),
+    (with_(model__generator=["film", "lowrank"], model__shared_l2={"film": [0]}),
+     "model.shared_l2 gives no strengths for generator ['lowrank']"),
     (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
     (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),
 ])
@@ -90,6 +97,21 @@ def test_invalid_configs_name_the_problem(tmp_path, data, message):
 def test_one_pooling_or_shared_l2_value_may_be_written_as_a_number(tmp_path):
     config = configs.load(write(tmp_path, with_(model__pooling=10, model__shared_l2=0.01)))
     assert (config.model.pooling, config.model.shared_l2) == ((10,), (0.01,))
+
+
+def test_shared_l2_per_kind_survives_serialization_and_applies_to_its_kind(tmp_path):
+    config = configs.load(write(tmp_path, with_(
+        model__generator=["film", "lowrank", "full"],
+        model__shared_l2={"film": [0, 0.01], "lowrank": 0.003})))
+    m = config.model
+    assert (m.shared_l2_of("film"), m.shared_l2_of("lowrank")) == ((0, 0.01), (0.003,))
+    again = configs.deserialize(json.loads(json.dumps(configs.serialize(config))))
+    assert again.model.shared_l2_of("film") == (0, 0.01)
+    assert again.model.shared_l2_of("lowrank") == (0.003,)
+    # A kind the mapping leaves out is fine when the config does not train it.
+    only_film = configs.load(write(tmp_path, with_(model__generator=["film"],
+                                                   model__shared_l2={"film": [0]})))
+    assert only_film.model.shared_l2_of("lowrank") == ()
 
 
 def test_columns_missing_from_the_csv_are_named_with_their_role(tmp_path):

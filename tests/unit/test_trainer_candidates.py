@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from pipeline import configs
 from tests.support import transform
+from trainer.hypernet.kinds import GENERATOR_KINDS
 from trainer.model import ConfiguredHyperModel, ModelLayout
 from trainer.task import model_candidates
 
@@ -30,10 +31,24 @@ def test_a_full_generator_is_one_candidate_whatever_the_pooling_and_l2_grids():
     assert len(candidates) == 1 + 4 and sum(k == "full" for k, _, _ in candidates) == 1
 
 
-def test_the_default_grid_keeps_four_candidates_with_and_without_shared_l2():
-    candidates = model_candidates(configs.ModelConfig())
-    assert len(candidates) == 4
-    assert {l2 for _, _, l2 in candidates} == {0.0, 0.003}
+def test_the_default_grid_trains_film_with_and_without_shared_l2_and_lowrank_with_it():
+    # lowrank without the L2 was never kept on eval (docs/grouped-defaults.md, section 14).
+    assert model_candidates(configs.ModelConfig()) == [
+        ("film", 30.0, 0.0), ("film", 30.0, 0.003), ("lowrank", 30.0, 0.003)]
+
+
+def test_shared_l2_per_kind_gives_each_kind_its_own_strengths():
+    m = configs.ModelConfig(generator=("lowrank", "full", "film"), pooling=(3.0, 10.0),
+                            shared_l2={"film": (0.0,), "lowrank": (0.01, 0.1)})
+    assert model_candidates(m) == [
+        ("lowrank", 3.0, 0.01), ("lowrank", 3.0, 0.1), ("lowrank", 10.0, 0.01),
+        ("lowrank", 10.0, 0.1), ("full", 0.0, 0.0), ("film", 3.0, 0.0), ("film", 10.0, 0.0)]
+
+
+def test_the_config_knows_which_generator_kinds_are_pooled():
+    # pipeline/ cannot import the library: its list must match the kinds' own flags.
+    assert set(configs.POOLED_GENERATORS) == {
+        kind for kind, cls in GENERATOR_KINDS.items() if cls.pooled}
 
 
 def test_shared_l2_is_a_loss_on_the_configured_models_shared_kernels(taxi):
