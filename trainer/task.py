@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -258,6 +259,25 @@ def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, fl
     return candidates
 
 
+def build_for_training(model: tf.keras.Model, element_spec: Any) -> None:
+    """Create every variable `fit` would create in its first step: the model's (before
+    warm start copies weights in), the optimizer's slots, the loss and metric totals.
+
+    Why: a tf.function whose first trace creates variables traces again before it runs,
+    so fit traced each candidate's train step twice (about 0.5 s of taxi's Trainer per
+    candidate); the weights trained are the same to the bit (tests/unit/test_trainer_fit.py).
+    The model runs on zeros shaped by `element_spec`, not on a batch of the training data:
+    every iterator of it shares its shuffle seeds, and one thrown away reads ahead (new
+    seeds at each pass) as far as timing lets it, so fit's order would vary.
+    """
+    features, labels = tf.nest.map_structure(
+        lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), element_spec)
+    predictions = model(features)
+    model.optimizer.build(model.trainable_variables)
+    model.compiled_loss.build(predictions)
+    model.compiled_metrics.build(predictions, labels)
+
+
 def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      train_files: str | list[str], eval_files: str | list[str],
                      strategy: tf.distribute.Strategy | None = None,
@@ -300,12 +320,8 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
             if regression:
                 model.set_output_affine(math.sqrt(loss_scale), stats.mean)
             compile_model(model, config)
+            build_for_training(model, train_ds.element_spec)
             if config.training.warm_start and isinstance(model, ConfiguredHyperModel):
-                # Built on zeros of the features' spec, not a batch of train_ds: every
-                # iterator of it shares its shuffle seeds, and one thrown away reads ahead
-                # (new seeds at each pass) as far as timing lets it: fit's order would vary.
-                model(tf.nest.map_structure(  # built before the weights are copied in
-                    lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), train_ds.element_spec[0]))
                 warm_start(model.hyper, base_model, vocabulary_files(config, tft_output),
                            shared_columns=layout.shared_columns)
         history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from tests.support import transform
-from trainer.task import fit_hypernetwork
+from trainer.model import ConfiguredHyperModel, ModelLayout
+from trainer.task import compile_model, fit_hypernetwork, label_stats, make_dataset, train
 
 
 def write_examples(path: str, features: dict[str, np.ndarray], rows: slice) -> str:
@@ -67,3 +68,32 @@ def test_same_data_and_seed_give_the_same_weights_with_or_without_warm_start_and
         np.testing.assert_array_equal(a, c)
     # The comparison sees a change of seed (init and order): it is not comparing constants.
     assert sum(not np.array_equal(a, d) for a, d in zip(cold, other_seed)) > len(cold) // 2
+
+
+def test_each_candidate_traces_its_train_step_once_and_trains_as_fit_alone_would(taxi, splits):
+    """fit_hypernetwork creates the optimizer's and metrics' variables before fit: the train
+    step is traced once, not twice, and the weights are those of plain Keras fit, which
+    creates them in its first step."""
+    config, _, _, tft_output = taxi
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, generator=("film",), pooling=(10.0,),
+                                  shared_l2=(0.003,), intercept_strengths=()),
+        training=dataclasses.replace(config.training, batch_size=32, epochs=2, train_steps=8,
+                                     warm_start=False))
+    tf.config.experimental.enable_op_determinism()
+    ours, _ = fit_hypernetwork(config, tft_output, splits[0], splits[1])
+    assert ours.train_function.experimental_get_tracing_count() == 1
+
+    tf.keras.utils.set_random_seed(config.training.seed)  # fit_hypernetwork's own steps
+    train_ds = make_dataset(splits[0], tft_output, config)
+    eval_ds = make_dataset(splits[1], tft_output, config, training=False)
+    rows = label_stats(splits[0], tft_output, config).count
+    plain = ConfiguredHyperModel(config, ModelLayout.from_transform(config, tft_output), 10.0,
+                                 rows, "film", 0.003, name="hyper_model")
+    compile_model(plain, config)
+    train(plain, config, train_ds, eval_ds, rows)
+    assert plain.train_function.experimental_get_tracing_count() == 2  # what was saved
+    assert len(ours.weights) == len(plain.weights) > 4
+    for a, b in zip(ours.weights, plain.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
