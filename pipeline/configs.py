@@ -168,15 +168,17 @@ class PipelineConfig:
     def _validate_shared_l2(self) -> None:
         """A list of strengths >= 0 for every pooled kind, or one per pooled kind trained."""
         m = self.model
-        lists = dict(m.shared_l2) if isinstance(m.shared_l2, Mapping) else {"": m.shared_l2}
-        unknown = sorted(set(lists) - set(POOLED_GENERATORS) - {""})
-        if unknown:
-            self._fail(f"model.shared_l2 names {unknown}: it applies to the pooled generator "
-                       f"kinds {list(POOLED_GENERATORS)} only")
-        for kind, values in lists.items():
+        if isinstance(m.shared_l2, Mapping):
+            unknown = sorted(set(m.shared_l2) - set(POOLED_GENERATORS))
+            if unknown:
+                self._fail(f"model.shared_l2 names {unknown}: it applies to the pooled "
+                           f"generator kinds {list(POOLED_GENERATORS)} only")
+            lists = {f"model.shared_l2.{kind}": v for kind, v in m.shared_l2.items()}
+        else:
+            lists = {"model.shared_l2": m.shared_l2}  # by the field that gives them
+        for field, values in lists.items():
             if not values or not _non_negative_numbers(values):
-                where = f"model.shared_l2.{kind}" if kind else "model.shared_l2"
-                self._fail(f"{where} must be one or more numbers >= 0, got {values!r}")
+                self._fail(f"{field} must be one or more numbers >= 0, got {values!r}")
         missing = [g for g in m.generator if g in POOLED_GENERATORS and not m.shared_l2_of(g)]
         if missing:
             self._fail(f"model.shared_l2 gives no strengths for generator {missing}: "
