@@ -11,8 +11,9 @@ import os
 
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tfx import v1 as tfx
-from tfx.types import artifact_utils
+from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils, standard_artifacts
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 SEVERITIES = {"WARNING": anomalies_pb2.AnomalyInfo.WARNING,
@@ -54,10 +55,10 @@ def check(anomalies_uri: str, split_names: list[str], min_severity: str) -> None
             f"at severity >= {min_severity}):\n  " + "\n  ".join(problems))
 
 
-@tfx.dsl.components.component
+@component
 def AnomalyGate(
-    anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-    min_severity: tfx.dsl.components.Parameter[str] = "ERROR",
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    min_severity: Parameter[str] = "ERROR",
 ) -> None:
     """Raise DataAnomalyError (failing the run) on anomalies at or above min_severity."""
     splits = artifact_utils.decode_split_names(anomalies.split_names)

@@ -11,7 +11,9 @@ import os
 
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
 SCHEMA_FILE = "schema.pbtxt"  # the name SchemaGen and ImportSchemaGen write
@@ -24,11 +26,11 @@ def parse_schema(text: str, source: str) -> schema_pb2.Schema:
         raise ValueError(f"{source}: not a valid schema: {e}") from e
 
 
-@tfx.dsl.components.component
+@component
 def CuratedSchemaGen(
-    schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema],
-    schema_text: tfx.dsl.components.Parameter[str],
-    source: tfx.dsl.components.Parameter[str],
+    schema: OutputArtifact[standard_artifacts.Schema],
+    schema_text: Parameter[str],
+    source: Parameter[str],
 ) -> None:
     """Write the schema given as text (from the file named `source`) as a Schema artifact."""
     io_utils.write_pbtxt_file(os.path.join(schema.uri, SCHEMA_FILE),

@@ -12,10 +12,11 @@ from typing import Any
 
 import tensorflow as tf
 from absl import logging
-from tfx import v1 as tfx
 from tfx.dsl.components.base import base_executor, executor_spec
-from tfx.types import artifact_utils
+from tfx.dsl.components.base.base_component import BaseComponent
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.artifact import Artifact
+from tfx.types.channel import BaseChannel
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.report_html import (
@@ -33,7 +34,7 @@ from components.storage import replace_file
 from components.target_networks import SERVING_DIR
 from pipeline.configs import HISTORY_FILE, MANIFEST_FILE, REPORT_FILE, VERDICT_FILE, WEIGHTS_FILE
 
-A = tfx.types.standard_artifacts
+A = standard_artifacts
 INPUTS = {"statistics": A.ExampleStatistics, "anomalies": A.ExampleAnomalies,
           "model_run": A.ModelRun, "evaluation": A.ModelEvaluation, "blessing": A.ModelBlessing,
           "pushed_model": A.PushedModel, "target_networks": A.Model,
@@ -140,13 +141,13 @@ class RunReportSpec(ComponentSpec):
     OUTPUTS: dict[str, ChannelParameter] = {}
 
 
-class RunReport(tfx.types.BaseComponent):
+class RunReport(BaseComponent):
     """Gather the run's artifacts into report_dir/report-<run id>.html and report.html."""
 
     SPEC_CLASS = RunReportSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RunReportExecutor)
 
     def __init__(self, *, report_dir: str, config: str, gate_metric: str,
-                 **channels: tfx.types.BaseChannel) -> None:
+                 **channels: BaseChannel) -> None:
         super().__init__(spec=RunReportSpec(report_dir=report_dir, config=config,
                                             gate_metric=gate_metric, **channels))

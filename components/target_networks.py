@@ -13,16 +13,18 @@ from collections.abc import Iterator
 import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 
 from pipeline.configs import MANIFEST_FILE, deserialize
 from trainer.target_export import export_target_networks
 
-Model = tfx.types.standard_artifacts.Model
-ModelBlessing = tfx.types.standard_artifacts.ModelBlessing
-ModelEvaluation = tfx.types.standard_artifacts.ModelEvaluation
-PushedModel = tfx.types.standard_artifacts.PushedModel
-TransformGraph = tfx.types.standard_artifacts.TransformGraph
+Model = standard_artifacts.Model
+ModelBlessing = standard_artifacts.ModelBlessing
+ModelEvaluation = standard_artifacts.ModelEvaluation
+PushedModel = standard_artifacts.PushedModel
+TransformGraph = standard_artifacts.TransformGraph
 SERVING_DIR = "Format-Serving"  # where TFX's path_utils look for a Model artifact's files
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -72,14 +74,14 @@ def publish(staging: str, destination: str) -> None:
     tf.io.gfile.rmtree(staging)
 
 
-@tfx.dsl.components.component
+@component
 def TargetNetworkExporter(
-    model: tfx.dsl.components.InputArtifact[Model],
-    transform_graph: tfx.dsl.components.InputArtifact[TransformGraph],
-    blessing: tfx.dsl.components.InputArtifact[ModelBlessing],
-    evaluation: tfx.dsl.components.InputArtifact[ModelEvaluation],
-    target_networks: tfx.dsl.components.OutputArtifact[Model],
-    config: tfx.dsl.components.Parameter[str],
+    model: InputArtifact[Model],
+    transform_graph: InputArtifact[TransformGraph],
+    blessing: InputArtifact[ModelBlessing],
+    evaluation: InputArtifact[ModelEvaluation],
+    target_networks: OutputArtifact[Model],
+    config: Parameter[str],
 ) -> None:
     """Materialize the blessed hypernetwork's target network for every context value."""
     out = os.path.join(target_networks.uri, SERVING_DIR)
@@ -96,12 +98,12 @@ def TargetNetworkExporter(
                  len(manifest["networks"]), out)
 
 
-@tfx.dsl.components.component
+@component
 def TargetNetworkPusher(
-    target_networks: tfx.dsl.components.InputArtifact[Model],
-    pushed_model: tfx.dsl.components.InputArtifact[PushedModel],
-    pushed_target_networks: tfx.dsl.components.OutputArtifact[PushedModel],
-    base_directory: tfx.dsl.components.Parameter[str],
+    target_networks: InputArtifact[Model],
+    pushed_model: InputArtifact[PushedModel],
+    pushed_target_networks: OutputArtifact[PushedModel],
+    base_directory: Parameter[str],
 ) -> None:
     """Copy the target networks to base_directory/<the hypernetwork's pushed version>.
 

@@ -16,7 +16,9 @@ import os
 from typing import Any
 
 from absl import logging
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 
 from components.storage import replace_file
 from pipeline.configs import VERDICT_FILE
@@ -122,16 +124,16 @@ def _unlisted_failures(validation: Any, metric: str,
 BLESSING_PROPERTIES = ("current_model", "current_model_id", "baseline_model", "baseline_model_id")
 
 
-@tfx.dsl.components.component
+@component
 def ModelVerdict(
-    evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
-    blessing: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
-    deployment_blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
-    verdict_dir: tfx.dsl.components.Parameter[str],
-    gate_metric: tfx.dsl.components.Parameter[str],
-    slice_tolerance: tfx.dsl.components.Parameter[float],
-    min_slice_examples: tfx.dsl.components.Parameter[int],
-    higher_is_better: tfx.dsl.components.Parameter[int] = 1,
+    evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: InputArtifact[standard_artifacts.ModelBlessing],
+    deployment_blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    verdict_dir: Parameter[str],
+    gate_metric: Parameter[str],
+    slice_tolerance: Parameter[float],
+    min_slice_examples: Parameter[int],
+    higher_is_better: Parameter[int] = 1,
 ) -> None:
     """The final deployment decision: the Evaluator's blessing and the per-slice check.
 

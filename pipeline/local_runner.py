@@ -38,9 +38,10 @@ import signal
 from typing import Any
 
 from absl import logging
-from tfx import v1 as tfx
 from tfx.dsl.compiler import constants
+from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.pipeline import Pipeline
 from tfx.orchestration.portable import runtime_parameter_utils
 
 from pipeline import configs, in_process_beam, run_history, run_lock
@@ -85,7 +86,7 @@ def load_config(args: argparse.Namespace) -> configs.PipelineConfig:
     return config
 
 
-def pipeline_for(args: argparse.Namespace, config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+def pipeline_for(args: argparse.Namespace, config: configs.PipelineConfig) -> Pipeline:
     """The checked DAG of this run: inputs and spans are checked before anything starts."""
     if args.retrain and not config.uses_spans:
         raise configs.ConfigError(
@@ -98,7 +99,7 @@ def pipeline_for(args: argparse.Namespace, config: configs.PipelineConfig) -> tf
     check_data(config)
     return create_pipeline(
         config,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
             config.metadata_path),
         beam_pipeline_args=beam_pipeline_args(config, args),
     )

@@ -1,4 +1,9 @@
-"""`create_pipeline(...)`: the whole TFX DAG, built from one PipelineConfig."""
+"""`create_pipeline(...)`: the whole TFX DAG, built from one PipelineConfig.
+
+TFX is imported module by module, not through `tfx.v1`: that facade also imports its Google
+Cloud extensions (google.cloud.aiplatform, ~3 s of every run's start). Only the Vertex
+Trainer, compiled for Kubeflow, needs them, and imports them where it is built.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,24 @@ from typing import Any
 
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+from tfx.components import (
+    CsvExampleGen,
+    Evaluator,
+    ExampleValidator,
+    Pusher,
+    SchemaGen,
+    StatisticsGen,
+    Trainer,
+    Transform,
+)
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy,
+)
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2, transform_pb2
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from components.anomaly_gate import AnomalyGate
 from components.curated_schema import CuratedSchemaGen
@@ -37,7 +59,7 @@ def create_pipeline(
     run_fn: str = RUN_FN,
     vertex_image: str | None = None,
     transform_splits: Sequence[str] = TRAINER_SPLITS,
-) -> tfx.dsl.Pipeline:
+) -> Pipeline:
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
     -> Trainer -> (latest blessed model) -> Evaluator -> ModelVerdict (per-slice gate)
     -> Pusher; TargetNetworkExporter -> TargetNetworkPusher; RunReport.
@@ -50,22 +72,22 @@ def create_pipeline(
     custom_config = serialize(dataclasses.replace(config, schema_file=None))
 
     # train (fit), eval (early stopping, model selection), test (the gate and the report only).
-    output_config = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-        tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets)
+    output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
         for name, buckets in config.splits.buckets().items()]))
     if config.uses_spans:
         # The newest span, or a rolling window of the last num_spans.
-        example_gen = tfx.components.CsvExampleGen(
+        example_gen = CsvExampleGen(
             input_base=config.data_root,
-            input_config=tfx.proto.Input(splits=[
-                tfx.proto.Input.Split(name="span", pattern=config.span_pattern)]),
+            input_config=example_gen_pb2.Input(splits=[
+                example_gen_pb2.Input.Split(name="span", pattern=config.span_pattern)]),
             output_config=output_config,
-            range_config=tfx.proto.RangeConfig(
-                rolling_range=tfx.proto.RollingRange(num_spans=config.num_spans)))
+            range_config=range_config_pb2.RangeConfig(
+                rolling_range=range_config_pb2.RollingRange(num_spans=config.num_spans)))
     else:
-        example_gen = tfx.components.CsvExampleGen(input_base=config.data_root,
+        example_gen = CsvExampleGen(input_base=config.data_root,
                                                    output_config=output_config)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_file:
         # A curated schema: drift from what the model was designed for is caught.
         with tf.io.gfile.GFile(config.schema_file) as f:  # a bucket's too
@@ -73,16 +95,16 @@ def create_pipeline(
                                           source=os.path.basename(config.schema_file))
     else:
         # No inferred shapes: every column is optional, so training and serving fill gaps alike.
-        schema_gen = tfx.components.SchemaGen(
+        schema_gen = SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=preprocessing_fn,
         custom_config=custom_config,
-        splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(transform_splits)),
+        splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN_SPLIT], transform=list(transform_splits)),
         # Its pre-transform statistics repeat StatisticsGen's, and nothing reads the
         # post-transform ones: together ~4 s of Transform's 30 on the taxi sample.
         disable_statistics=True)
@@ -93,17 +115,19 @@ def create_pipeline(
         transform.add_upstream_node(anomaly_gate)
         gates.append(anomaly_gate)
     # The baseline: the newest model that ModelVerdict (the final gate) blessed.
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
+    model_resolver = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model,
                               producer_component_id="Trainer", output_key="model"),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing,
                                        producer_component_id=VERDICT_ID,
                                        output_key="deployment_blessing"),
     ).with_id("latest_blessed_model_resolver")
-    trainer_class, trainer_config = tfx.components.Trainer, custom_config
+    trainer_class, trainer_config = Trainer, custom_config
     if vertex_image is not None and config.training.workers > 1:
-        trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer
+        from tfx.v1.extensions import google_cloud_ai_platform as vertex
+
+        trainer_class = vertex.Trainer
         trainer_config = {**custom_config, **vertex_trainer_config(config, vertex_image)}
     trainer = trainer_class(
         run_fn=run_fn,
@@ -111,10 +135,10 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=model_resolver.outputs["model"],  # warm start (trainer/warm_start.py)
-        train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT], num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT], num_steps=config.training.eval_steps),
+        train_args=trainer_pb2.TrainArgs(splits=[TRAIN_SPLIT], num_steps=config.training.train_steps),
+        eval_args=trainer_pb2.EvalArgs(splits=[EVAL_SPLIT], num_steps=config.training.eval_steps),
         custom_config=trainer_config)
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
@@ -129,11 +153,11 @@ def create_pipeline(
         higher_is_better=int(config.gate_metric.higher_is_better),
     ).with_id(VERDICT_ID)
     blessing = verdict.outputs["deployment_blessing"]
-    pusher = tfx.components.Pusher(
+    pusher = Pusher(
         model=trainer.outputs["model"],
         model_blessing=blessing,
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(
                 base_directory=config.serving_model_dir)))
     exporter = TargetNetworkExporter(
         model=trainer.outputs["model"], transform_graph=transform.outputs["transform_graph"],
@@ -153,7 +177,7 @@ def create_pipeline(
         report_dir=config.pipeline_root, config=json.dumps(custom_config),
         gate_metric=config.gate_metric.result_key)
 
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, *gates, transform,
@@ -177,7 +201,7 @@ def vertex_trainer_config(config: PipelineConfig, image: str) -> dict[str, Any]:
         raise ConfigError(f"{config.source}: training.workers {t.workers} on Kubeflow runs the "
                           "Trainer on Vertex AI: set training.vertex_project (and vertex_region, "
                           "vertex_machine_type)")
-    vertex = tfx.extensions.google_cloud_ai_platform
+    from tfx.v1.extensions import google_cloud_ai_platform as vertex
 
     def pool(replicas: int) -> dict[str, Any]:
         return {"machine_spec": {"machine_type": t.vertex_machine_type},

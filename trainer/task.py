@@ -22,7 +22,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from pipeline.configs import (
     HISTORY_FILE,
@@ -229,7 +229,7 @@ def export(model: tf.keras.Model, config: PipelineConfig, tft_output: tft.TFTran
         })
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point (run by every worker when training is distributed).
 
     With training.workers > 1 and no $TF_CONFIG (a local run), it starts the workers
@@ -342,7 +342,7 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     return model, history
 
 
-def train_and_export(fn_args: tfx.components.FnArgs) -> tf.keras.Model:
+def train_and_export(fn_args: FnArgs) -> tf.keras.Model:
     """run_fn's work; returns the trained model."""
     require_legacy_keras()
     config = deserialize(fn_args.custom_config)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 
-from tests.support import ROOT
+from tests.support import ROOT, pipeline_env
 
 # Lowest first. A module may import ours only from its own layer or a lower one.
 LAYERS = ("config", "library", "tfx_modules", "components", "pipeline")
@@ -107,3 +109,20 @@ def test_an_upward_import_is_caught():
     assert any("bench/quality.py" in v and "tests" in v for v in found)
     assert any("bench/quality.py" in v and "private name ['_y']" in v for v in found)
     assert len(found) == 7  # the config case is both "a leaf" and "config may not import"
+
+
+# What a local run's process imports: the runner, the DAG's components and the modules its
+# Trainer and Transform load. `tfx.v1` would bring Google Cloud's AI Platform client with it.
+RUN_MODULES = ("pipeline.local_runner", "trainer.task", "trainer.preprocessing",
+               "components.report", "components.target_networks")
+UNUSED_LOCALLY = ("tfx.v1", "google.cloud.aiplatform")
+
+
+def test_a_local_run_imports_no_cloud_client():
+    probe = (f"import sys; sys.argv = ['x']; import {', '.join(RUN_MODULES)}; "
+             f"print(sorted(m for m in sys.modules if m.startswith({UNUSED_LOCALLY})))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=pipeline_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[]"
+
