@@ -15,16 +15,17 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import standard_artifacts
+from tfx.types.standard_artifacts import (
+    Model,
+    ModelBlessing,
+    ModelEvaluation,
+    PushedModel,
+    TransformGraph,
+)
 
 from pipeline.configs import MANIFEST_FILE, deserialize
 from trainer.target_export import export_target_networks
 
-Model = standard_artifacts.Model
-ModelBlessing = standard_artifacts.ModelBlessing
-ModelEvaluation = standard_artifacts.ModelEvaluation
-PushedModel = standard_artifacts.PushedModel
-TransformGraph = standard_artifacts.TransformGraph
 SERVING_DIR = "Format-Serving"  # where TFX's path_utils look for a Model artifact's files
 SAVED_MODEL_FILE = "saved_model.pb"
 

@@ -65,7 +65,7 @@ def create_pipeline(
     -> Pusher; TargetNetworkExporter -> TargetNetworkPusher; RunReport.
 
     `vertex_image` (the Kubeflow compile's image): with training.workers > 1 the Trainer
-    runs as a Vertex AI CustomJob of that image (vertex_trainer_config); locally run_fn
+    runs as a Vertex AI CustomJob of that image (vertex_trainer); locally run_fn
     starts the workers itself (trainer/launcher.py). `transform_splits`: the splits
     Transform materializes (the benchmarks add `test`, to score anchors on its rows)."""
     # What Transform and Trainer need; the schema travels as CuratedSchemaGen's parameter.
@@ -118,17 +118,15 @@ def create_pipeline(
     model_resolver = Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=Channel(type=standard_artifacts.Model,
-                              producer_component_id="Trainer", output_key="model"),
+                      producer_component_id="Trainer", output_key="model"),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing,
-                                       producer_component_id=VERDICT_ID,
-                                       output_key="deployment_blessing"),
+                               producer_component_id=VERDICT_ID,
+                               output_key="deployment_blessing"),
     ).with_id("latest_blessed_model_resolver")
     trainer_class, trainer_config = Trainer, custom_config
     if vertex_image is not None and config.training.workers > 1:
-        from tfx.v1.extensions import google_cloud_ai_platform as vertex
-
-        trainer_class = vertex.Trainer
-        trainer_config = {**custom_config, **vertex_trainer_config(config, vertex_image)}
+        trainer_class, vertex_keys = vertex_trainer(config, vertex_image)
+        trainer_config = {**custom_config, **vertex_keys}
     trainer = trainer_class(
         run_fn=run_fn,
         examples=transform.outputs["transformed_examples"],
@@ -189,8 +187,9 @@ def create_pipeline(
     )
 
 
-def vertex_trainer_config(config: PipelineConfig, image: str) -> dict[str, Any]:
-    """The Vertex AI Trainer's custom_config keys: a CustomJob of training.workers replicas.
+def vertex_trainer(config: PipelineConfig, image: str) -> tuple[type[Trainer], dict[str, Any]]:
+    """The Vertex AI Trainer class and its custom_config keys: a CustomJob of
+    training.workers replicas.
 
     Pool 0 is the chief (one replica), pool 1 the other workers; Vertex sets each replica's
     $TF_CONFIG (task "chief" or "worker"), every replica runs run_fn in `image`, and only
@@ -207,7 +206,7 @@ def vertex_trainer_config(config: PipelineConfig, image: str) -> dict[str, Any]:
         return {"machine_spec": {"machine_type": t.vertex_machine_type},
                 "replica_count": replicas, "container_spec": {"image_uri": image}}
 
-    return {
+    return vertex.Trainer, {
         vertex.ENABLE_VERTEX_KEY: True,
         vertex.VERTEX_REGION_KEY: t.vertex_region,
         vertex.TRAINING_ARGS_KEY: {
