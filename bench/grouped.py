@@ -13,10 +13,11 @@ Models, all scored on the same Split-test rows (MSE; binary: ROC AUC and accurac
 - hypernet: trainer.task.fit_hypernetwork, as the Trainer calls it (its pooling strengths,
   early stopping on eval, the best eval data loss kept), on Transform's output.
 - onehot_mlp: trainer.model.PlainMLP (the same target architecture, the context one-hot)
-  through the same fit_hypernetwork loop and budget; its L2 is picked on eval (--l2),
-  never on test. It gets the hypernetwork's last step too: per-context output intercepts
-  fitted on train, their strength chosen on eval (trainer/context_intercepts.py, the
-  config's model.intercept_strengths). Its seconds include the whole L2 grid.
+  through the same fit_hypernetwork loop and budget; its L2 is picked on eval (--l2, in
+  the standardised label's units like ours' shared L2), never on test. It gets the
+  hypernetwork's last step too: per-context output intercepts fitted on train, their
+  strength chosen on eval (trainer/context_intercepts.py, the config's
+  model.intercept_strengths). Its seconds include the whole L2 grid.
 - hgb, linear (ridge / logistic, one-hot groups), mixedlm (regression: random intercept
   + slope of the main numeric feature): bench/grouped_data.py's anchors, fit on the raw
   Split-train columns read back from ExampleGen's TFRecords (their own CV / early
@@ -68,14 +69,13 @@ from pipeline.configs import PipelineConfig
 from trainer.context_intercepts import score_splits
 from trainer.hypernet.intercepts import fit_intercepts, offsets
 from trainer.model import ModelLayout, PlainMLP
-from trainer.task import DATA_LOSS, fit_hypernetwork, scoring_dataset
+from trainer.task import DATA_LOSS, fit_hypernetwork, label_stats, scoring_dataset
 
 SPLITS = ("train", "eval", "test")
 QUICK_DATASETS = ("bikeshare", "taxi")
-# The one-hot MLP's L2 grid, picked on eval. It must reach past the strength eval picks
-# (docs/grouped-defaults.md, section 10): (0, 1e-5, 1e-4) had eval take its top on every
-# Chem97 and taxi seed; up to 1e-2, the top on every Chem97, Chem97-school and InstEval
-# seed, and Chem97-school's eval loss still fell at 3e-2. At 1e-1 it rose on all three.
+# The one-hot MLP's L2 grid, picked on eval, in the standardised label's units (section 17
+# of docs/grouped-defaults.md). It must reach past the strength eval picks (section 10:
+# shorter grids had eval take their top on every Chem97, Chem97-school and InstEval seed).
 DEFAULT_L2 = (0.0, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
@@ -213,12 +213,18 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
 
 
 def run_onehot_mlp(table: Table, seed: int, l2s: Sequence[float]) -> dict[str, Any]:
-    """PlainMLP per L2 through fit_hypernetwork; the lowest eval data loss is scored."""
+    """PlainMLP per L2 through fit_hypernetwork; the lowest eval data loss is scored.
+
+    Each L2 is in the standardised label's units, as ours' pooling and shared L2 are
+    (fit_hypernetwork scales them by the same loss_scale): in raw units the grid's top,
+    1e-1, is 2e-5 of STAR's label variance, no regularisation at all there."""
     start = time.time()
+    scale = label_stats(table.files["train"], table.tft_output,
+                        table.config).loss_scale(table.config.label.task)
     best: tuple[float, float, tf.keras.Model, dict] | None = None
     for l2 in l2s:
         model, history = fit_keras(table, seed, lambda config, layout, l2=l2: PlainMLP(
-            config, layout, l2=l2, name="onehot_mlp"))
+            config, layout, l2=l2 * scale, name="onehot_mlp"))
         val = min(history[f"val_{DATA_LOSS}"])
         log(f"{table.name} onehot_mlp seed {seed} l2 {l2}: eval {DATA_LOSS} {val:.6g}")
         if best is None or val < best[0]:

@@ -119,6 +119,12 @@ class LabelStats:
     mean: float
     variance: float
 
+    def loss_scale(self, task: str) -> float:
+        """What a penalty in the standardised label's units is multiplied by to sit beside
+        the loss: regression's loss is in the label's units (its variance times the
+        standardised one); other tasks' losses have no units (1)."""
+        return self.variance if task == "regression" and self.variance > 0 else 1.0
+
 
 def label_stats(file_pattern: str | list[str], tft_output: tft.TFTransformOutput,
                 config: PipelineConfig) -> LabelStats:
@@ -307,7 +313,7 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     regression = config.label.task == "regression"
     # Regression: the target network predicts the standardised label, and the prior and
     # the L2 are in those units too (the loss is in the label's: both scale with its variance).
-    loss_scale = stats.variance if regression and stats.variance > 0 else 1.0
+    loss_scale = stats.loss_scale(config.label.task)
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
     for kind, pooling, l2 in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)

@@ -12,7 +12,14 @@ import tensorflow as tf
 
 from tests.support import transform
 from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.task import compile_model, fit_hypernetwork, label_stats, make_dataset, train
+from trainer.task import (
+    LabelStats,
+    compile_model,
+    fit_hypernetwork,
+    label_stats,
+    make_dataset,
+    train,
+)
 
 
 def write_examples(path: str, features: dict[str, np.ndarray], rows: slice) -> str:
@@ -97,3 +104,12 @@ def test_each_candidate_traces_its_train_step_once_and_trains_as_fit_alone_would
     assert len(ours.weights) == len(plain.weights) > 4
     for a, b in zip(ours.weights, plain.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_loss_scale_is_the_label_variance_for_regression_only():
+    """Ours' pooling and shared L2 and the benchmark anchor's L2 are all multiplied by it."""
+    stats = LabelStats(count=10, mean=3.0, variance=4389.9)
+    assert stats.loss_scale("regression") == pytest.approx(4389.9)
+    assert stats.loss_scale("binary") == 1.0
+    assert stats.loss_scale("multiclass") == 1.0
+    assert LabelStats(10, 3.0, 0.0).loss_scale("regression") == 1.0
