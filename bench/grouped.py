@@ -69,7 +69,7 @@ from pipeline.configs import PipelineConfig
 from trainer.context_intercepts import score_splits
 from trainer.hypernet.intercepts import fit_intercepts, offsets
 from trainer.model import ModelLayout, PlainMLP
-from trainer.task import DATA_LOSS, fit_hypernetwork, label_stats, scoring_dataset
+from trainer.task import DATA_LOSS, fit_hypernetwork, scoring_dataset
 
 SPLITS = ("train", "eval", "test")
 QUICK_DATASETS = ("bikeshare", "taxi")
@@ -169,10 +169,11 @@ def check_same_rows(table: Table, labels: np.ndarray) -> None:
 
 
 def fit_keras(table: Table, seed: int,
-              make: Callable[[PipelineConfig, ModelLayout], tf.keras.Model] | None = None
+              make: Callable[[PipelineConfig, ModelLayout, float], tf.keras.Model] | None = None
               ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
-    """fit_hypernetwork as the Trainer calls it, with the seed set; `make(config, layout)`
-    builds an anchor instead of the hypernetwork (pooling strengths do not reach it)."""
+    """fit_hypernetwork as the Trainer calls it, with the seed set; `make(config, layout,
+    loss_scale)` builds an anchor instead of the hypernetwork (pooling strengths do not
+    reach it; loss_scale is fit_hypernetwork's, for a strength in ours' units)."""
     config = seeded(table.config, seed)
     build = None
     if make is not None:  # an anchor: one fit (pooling strengths do not reach it)
@@ -180,8 +181,8 @@ def fit_keras(table: Table, seed: int,
                                                                       pooling=(0.0,)))
         layout = ModelLayout.from_transform(config, table.tft_output)
 
-        def build(pooling: float, examples: int) -> tf.keras.Model:
-            return make(config, layout)
+        def build(loss_scale: float) -> tf.keras.Model:
+            return make(config, layout, loss_scale)
     with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines
         return fit_hypernetwork(config, table.tft_output, table.files["train"],
                                 table.files["eval"], build=build)
@@ -216,14 +217,12 @@ def run_onehot_mlp(table: Table, seed: int, l2s: Sequence[float]) -> dict[str, A
     """PlainMLP per L2 through fit_hypernetwork; the lowest eval data loss is scored.
 
     Each L2 is in the standardised label's units, as ours' pooling and shared L2 are
-    (fit_hypernetwork scales them by the same loss_scale): in raw units the grid's top,
-    1e-1, is 2e-5 of STAR's label variance, no regularisation at all there."""
+    (fit_hypernetwork passes its loss_scale): in raw units the grid's top, 1e-1, is 2e-5
+    of STAR's label variance, no regularisation at all there."""
     start = time.time()
-    scale = label_stats(table.files["train"], table.tft_output,
-                        table.config).loss_scale(table.config.label.task)
     best: tuple[float, float, tf.keras.Model, dict] | None = None
     for l2 in l2s:
-        model, history = fit_keras(table, seed, lambda config, layout, l2=l2: PlainMLP(
+        model, history = fit_keras(table, seed, lambda config, layout, scale, l2=l2: PlainMLP(
             config, layout, l2=l2 * scale, name="onehot_mlp"))
         val = min(history[f"val_{DATA_LOSS}"])
         log(f"{table.name} onehot_mlp seed {seed} l2 {l2}: eval {DATA_LOSS} {val:.6g}")

@@ -149,7 +149,7 @@ def split_arrays(accessor: DataAccessor, files: list[str], tft_output: tft.TFTra
 
 
 def fit_and_score(config: PipelineConfig, art: RunArtifacts, tft_output: tft.TFTransformOutput,
-                  test_batches, build: Callable[[float, int], tf.keras.Model] | None = None,
+                  test_batches, build: Callable[[float], tf.keras.Model] | None = None,
                   ) -> dict[str, Any]:
     """Train through the Trainer's loop (`build`: None = the configured hypernetwork),
     then score on the test batches."""
@@ -290,8 +290,7 @@ def main(argv: Sequence[str]) -> None:
                     seeded.model, pooling=seeded.model.pooling[:1]))
                 runs["plain"].append(fit_and_score(
                     once, art, tft_output, test_batches,
-                    build=lambda _pooling, _examples, c=once: PlainMLP(c, layout,
-                                                                       name="plain_mlp")))
+                    build=lambda _scale, c=once: PlainMLP(c, layout, name="plain_mlp")))
                 print(f"seed {seeded.training.seed} plain: {runs['plain'][-1]}", file=sys.stderr)
             if not args.no_gbt:
                 runs["gbt"].append(gbt_scores(art, seeded, seeded.training.seed))

@@ -288,25 +288,20 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      train_files: str | list[str], eval_files: str | list[str],
                      strategy: tf.distribute.Strategy | None = None,
                      base_model: str | None = None, log_dir: str | None = None,
-                     build: Callable[[float, int], tf.keras.Model] | None = None,
+                     build: Callable[[float], tf.keras.Model] | None = None,
                      ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """The trained model and its history: one model per generator kind, pooling strength
     and shared L2 of the config, each seeded alike and early-stopped on eval; the lowest
     eval data loss is kept (eval chose it: only test judges it), then its context intercepts
     are fitted on train, their strength chosen on eval (model.intercept_strengths).
 
-    `build(pooling, train_examples)` makes each model instead (the benchmarks pass their
-    anchors through the same loop; then only the pooling strengths vary).
+    `build(loss_scale)` makes each model instead (the benchmarks pass their anchors
+    through the same loop, one per pooling strength); `loss_scale` is what a strength in
+    the standardised label's units is multiplied by, as ours' are.
     """
     strategy = strategy or tf.distribute.get_strategy()
     layout = ModelLayout.from_transform(config, tft_output)
     candidates = model_candidates(config.model, anchor=build is not None)
-
-    def make(kind: str, pooling: float, l2: float, examples: int) -> tf.keras.Model:
-        if build is not None:
-            return build(pooling, examples)
-        return ConfiguredHyperModel(config, layout, pooling, examples, kind, l2,
-                                    name="hyper_model")
     eval_ds = make_dataset(eval_files, tft_output, config, training=False)
     stats = label_stats(train_files, tft_output, config)
     train_examples = stats.count
@@ -314,6 +309,12 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     # Regression: the target network predicts the standardised label, and the prior and
     # the L2 are in those units too (the loss is in the label's: both scale with its variance).
     loss_scale = stats.loss_scale(config.label.task)
+
+    def make(kind: str, pooling: float, l2: float, examples: int) -> tf.keras.Model:
+        if build is not None:
+            return build(loss_scale)
+        return ConfiguredHyperModel(config, layout, pooling, examples, kind, l2,
+                                    name="hyper_model")
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
     for kind, pooling, l2 in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)
