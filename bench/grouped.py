@@ -10,14 +10,16 @@ real pipeline (a partial run of create_pipeline's DAG, in a temporary directory)
 train/eval/test are ExampleGen's hash splits (3:1:1).
 
 Models, all scored on the same Split-test rows (MSE; binary: ROC AUC and accuracy at 0.5):
-- hypernet: trainer.task.fit_hypernetwork, as the Trainer calls it (its pooling strengths,
-  early stopping on eval, the best eval data loss kept), on Transform's output.
+- hypernet: trainer.task.fit_hypernetwork, as the Trainer calls it (its candidates, each
+  early-stopped on eval and given its per-context intercepts; the lowest eval loss with
+  them kept), on Transform's output.
 - onehot_mlp: trainer.model.PlainMLP (the same target architecture, the context one-hot)
-  through the same fit_hypernetwork loop and budget; its L2 is picked on eval (--l2, in
-  the standardised label's units like ours' shared L2), never on test. It gets the
-  hypernetwork's last step too: per-context output intercepts fitted on train, their
-  strength chosen on eval (trainer/context_intercepts.py, the config's
-  model.intercept_strengths). Its seconds include the whole L2 grid.
+  through the same fit_hypernetwork loop and budget. It gets the hypernetwork's last step
+  too: per-context output intercepts fitted on train, their strength chosen on eval
+  (trainer/context_intercepts.py, the config's model.intercept_strengths). Its L2 is
+  picked as ours' candidates are, by the eval loss with the intercepts (--l2, in the
+  standardised label's units like ours' shared L2), never on test. Its seconds include
+  the whole L2 grid.
 - hgb, linear (ridge / logistic, one-hot groups), mixedlm (regression: random intercept
   + slope of the main numeric feature): bench/grouped_data.py's anchors, fit on the raw
   Split-train columns read back from ExampleGen's TFRecords (their own CV / early
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -172,13 +174,11 @@ def fit_keras(table: Table, seed: int,
               make: Callable[[PipelineConfig, ModelLayout, float], tf.keras.Model] | None = None
               ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """fit_hypernetwork as the Trainer calls it, with the seed set; `make(config, layout,
-    loss_scale)` builds an anchor instead of the hypernetwork (pooling strengths do not
-    reach it; loss_scale is fit_hypernetwork's, for a strength in ours' units)."""
+    loss_scale)` builds an anchor instead of the hypernetwork (one fit; loss_scale is
+    fit_hypernetwork's, for a strength in ours' units)."""
     config = seeded(table.config, seed)
     build = None
-    if make is not None:  # an anchor: one fit (pooling strengths do not reach it)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                      pooling=(0.0,)))
+    if make is not None:
         layout = ModelLayout.from_transform(config, table.tft_output)
 
         def build(loss_scale: float) -> tf.keras.Model:
@@ -186,6 +186,14 @@ def fit_keras(table: Table, seed: int,
     with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines
         return fit_hypernetwork(config, table.tft_output, table.files["train"],
                                 table.files["eval"], build=build)
+
+
+def per_kind(values: Sequence[float] | Mapping[str, Sequence[float]]
+             ) -> list[float] | dict[str, list[float]]:
+    """A per-kind model setting (pooling, shared_l2) as JSON."""
+    if isinstance(values, Mapping):
+        return {kind: list(v) for kind, v in values.items()}
+    return list(values)
 
 
 def history_facts(history: dict[str, list[float]]) -> dict[str, Any]:
@@ -210,36 +218,40 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
             "pooling": history["pooling"][0], "shared_l2": history["shared_l2"][0],
             "generator": history["generator"][0],
             "intercept_strength": history["intercept_strength"][0],
+            "eval_loss_with_intercepts": round(history["eval_loss_with_intercepts"][0], 6),
             "seconds": time.time() - start}
 
 
 def run_onehot_mlp(table: Table, seed: int, l2s: Sequence[float]) -> dict[str, Any]:
-    """PlainMLP per L2 through fit_hypernetwork; the lowest eval data loss is scored.
+    """PlainMLP per L2 through fit_hypernetwork, each given its per-context intercepts; the
+    lowest eval loss with them is scored (ours' candidates are chosen the same way).
 
     Each L2 is in the standardised label's units, as ours' pooling and shared L2 are
     (fit_hypernetwork passes its loss_scale): in raw units the grid's top, 1e-1, is 2e-5
     of STAR's label variance, no regularisation at all there."""
     start = time.time()
-    best: tuple[float, float, tf.keras.Model, dict] | None = None
+    best: tuple[float, float, dict, tuple[np.ndarray, np.ndarray, float | None, float]] | None = None
     for l2 in l2s:
         model, history = fit_keras(table, seed, lambda config, layout, scale, l2=l2: PlainMLP(
             config, layout, l2=l2 * scale, name="onehot_mlp"))
-        val = min(history[f"val_{DATA_LOSS}"])
-        log(f"{table.name} onehot_mlp seed {seed} l2 {l2}: eval {DATA_LOSS} {val:.6g}")
-        if best is None or val < best[0]:
-            best = (val, l2, model, history)
+        scored = predict_with_intercepts(model, table)
+        log(f"{table.name} onehot_mlp seed {seed} l2 {l2}: eval {DATA_LOSS} "
+            f"{min(history[f'val_{DATA_LOSS}']):.6g}, with intercepts {scored[3]:.6g}")
+        if best is None or scored[3] < best[0]:
+            best = (scored[3], l2, history, scored)
     assert best is not None
-    _, l2, model, history = best
-    preds, labels, strength = predict_with_intercepts(model, table)
+    loss, l2, history, (preds, labels, strength, _) = best
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history), "l2": l2,
-            "intercept_strength": strength, "seconds": time.time() - start}
+            "intercept_strength": strength, "eval_loss_with_intercepts": round(loss, 6),
+            "seconds": time.time() - start}
 
 
 def predict_with_intercepts(model: tf.keras.Model, table: Table
-                            ) -> tuple[np.ndarray, np.ndarray, float | None]:
+                            ) -> tuple[np.ndarray, np.ndarray, float | None, float]:
     """An anchor's test (predictions, labels) after the hypernetwork's closing step:
-    per-context intercepts fitted on its train outputs, the strength chosen on eval."""
+    per-context intercepts fitted on its train outputs, the strength chosen on eval; then
+    that strength and the eval loss with it."""
     binary = table.spec.task != "regression"
 
     def logits(x: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -260,7 +272,8 @@ def predict_with_intercepts(model: tf.keras.Model, table: Table
                          oov_ids={context: layout.oov_id(context)})
     test = scored["test"]
     z = test.logits + offsets(fit.tables, test)
-    return (1.0 / (1.0 + np.exp(-z)) if binary else z), test.labels, fit.strength
+    return ((1.0 / (1.0 + np.exp(-z)) if binary else z), test.labels, fit.strength,
+            fit.eval_losses[fit.strength])
 
 
 def run_anchor(table: Table, name: str, seed: int) -> dict[str, Any]:
@@ -300,7 +313,8 @@ def model_line(table: Table, model: str, runs: list[dict[str, Any]]) -> dict[str
         machine=cpu_info())
     if model in ("hypernet", "onehot_mlp"):
         m = table.config.model
-        line.update(model_generator=list(m.generator), model_pooling=list(m.pooling),
+        line.update(model_generator=list(m.generator), model_pooling=per_kind(m.pooling),
+                    model_shared_l2=per_kind(m.shared_l2),
                     hidden_units=list(m.hidden_units))
     return line
 

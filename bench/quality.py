@@ -285,12 +285,9 @@ def main(argv: Sequence[str]) -> None:
             runs["hyper"].append(fit_and_score(seeded, art, tft_output, test_batches))
             print(f"seed {seeded.training.seed} hyper: {runs['hyper'][-1]}", file=sys.stderr)
             if not args.no_plain:
-                # It ignores the pooling strength: one model, not one per strength.
-                once = dataclasses.replace(seeded, model=dataclasses.replace(
-                    seeded.model, pooling=seeded.model.pooling[:1]))
                 runs["plain"].append(fit_and_score(
-                    once, art, tft_output, test_batches,
-                    build=lambda _scale, c=once: PlainMLP(c, layout, name="plain_mlp")))
+                    seeded, art, tft_output, test_batches,
+                    build=lambda _scale, c=seeded: PlainMLP(c, layout, name="plain_mlp")))
                 print(f"seed {seeded.training.seed} plain: {runs['plain'][-1]}", file=sys.stderr)
             if not args.no_gbt:
                 runs["gbt"].append(gbt_scores(art, seeded, seeded.training.seed))

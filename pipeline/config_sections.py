@@ -154,13 +154,14 @@ class ModelConfig:
     # (N training examples), a prior that keeps small groups near the shared network.
     # Several kinds or strengths: one model for each combination, the best on eval is kept
     # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks";
-    # docs/grouped-defaults.md, sections 11-12).
+    # docs/grouped-defaults.md, sections 11-18).
     generator: tuple[str, ...] = ("film", "lowrank")
-    pooling: tuple[float, ...] = (30.0,)
+    # pooling and shared_l2: a list for every pooled kind, or a list per kind (each kind
+    # trains every pairing of its own).
+    pooling: tuple[float, ...] | Mapping[str, tuple[float, ...]] = (30.0,)
     # L2 on the pooled kinds' shared network kernels (weight decay of what every context
-    # shares), in units of the standardised label like pooling: a list for every pooled
-    # kind, or a list per kind. lowrank without it was never kept on eval at pooling 30
-    # (docs/grouped-defaults.md, section 14), so it is not trained.
+    # shares), in units of the standardised label like pooling. lowrank without it was
+    # never kept on eval at pooling 30 (docs/grouped-defaults.md, section 14): not trained.
     shared_l2: tuple[float, ...] | Mapping[str, tuple[float, ...]] = dataclasses.field(
         default_factory=lambda: {"film": (0.0, 0.003), "lowrank": (0.003,)})
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
@@ -175,11 +176,21 @@ class ModelConfig:
     chunk_embedding_dim: int = 16
     generator_l2: float = 0.0
 
+    def pooling_of(self, kind: str) -> tuple[float, ...]:
+        """The pooling strengths a pooled `kind` is trained with (none configured: ())."""
+        return _of_kind(self.pooling, kind)
+
     def shared_l2_of(self, kind: str) -> tuple[float, ...]:
         """The shared-L2 strengths a pooled `kind` is trained with (none configured: ())."""
-        if isinstance(self.shared_l2, Mapping):
-            return tuple(self.shared_l2.get(kind, ()))
-        return tuple(self.shared_l2)
+        return _of_kind(self.shared_l2, kind)
+
+
+def _of_kind(values: tuple[float, ...] | Mapping[str, tuple[float, ...]],
+             kind: str) -> tuple[float, ...]:
+    """A per-kind setting's values for `kind`: its own list, or the list every kind shares."""
+    if isinstance(values, Mapping):
+        return tuple(values.get(kind, ()))
+    return tuple(values)
 
 
 @dataclasses.dataclass(frozen=True)

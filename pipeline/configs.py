@@ -165,24 +165,27 @@ class PipelineConfig:
     def _fail(self, message: str) -> None:
         raise ConfigError(f"{self.source}: {message}")
 
-    def _validate_shared_l2(self) -> None:
-        """A list of strengths >= 0 for every pooled kind, or one per pooled kind trained."""
+    def _validate_per_kind(self, field: str) -> None:
+        """model.pooling / model.shared_l2: a list of numbers >= 0 for every pooled kind,
+        or a list per pooled kind trained."""
         m = self.model
-        if isinstance(m.shared_l2, Mapping):
-            unknown = sorted(set(m.shared_l2) - set(POOLED_GENERATORS))
+        values = getattr(m, field)
+        if isinstance(values, Mapping):
+            unknown = sorted(set(values) - set(POOLED_GENERATORS))
             if unknown:
-                self._fail(f"model.shared_l2 names {unknown}: it applies to the pooled "
+                self._fail(f"model.{field} names {unknown}: it applies to the pooled "
                            f"generator kinds {list(POOLED_GENERATORS)} only")
-            lists = {f"model.shared_l2.{kind}": v for kind, v in m.shared_l2.items()}
+            lists = {f"model.{field}.{kind}": v for kind, v in values.items()}
         else:
-            lists = {"model.shared_l2": m.shared_l2}  # by the field that gives them
-        for field, values in lists.items():
-            if not values or not _non_negative_numbers(values):
-                self._fail(f"{field} must be one or more numbers >= 0, got {values!r}")
-        missing = [g for g in m.generator if g in POOLED_GENERATORS and not m.shared_l2_of(g)]
+            lists = {f"model.{field}": values}  # by the field that gives them
+        for name, strengths in lists.items():
+            if not strengths or not _non_negative_numbers(strengths):
+                self._fail(f"{name} must be one or more numbers >= 0, got {strengths!r}")
+        of_kind = m.pooling_of if field == "pooling" else m.shared_l2_of
+        missing = [g for g in m.generator if g in POOLED_GENERATORS and not of_kind(g)]
         if missing:
-            self._fail(f"model.shared_l2 gives no strengths for generator {missing}: "
-                       f"add {missing[0]}: [0] (no L2) or a list")
+            self._fail(f"model.{field} gives no strengths for generator {missing}: "
+                       f"add {missing[0]}: [0] or a list")
 
     def _validate_gate_bounds(self) -> None:
         """A bound must point the metric's way: AUC >= x, MSE <= x; never the reverse."""
@@ -256,9 +259,8 @@ class PipelineConfig:
         unknown = [g for g in m.generator if g not in GENERATORS]
         if not m.generator or unknown:
             self._fail(f"model.generator {list(m.generator)} must be one or more of {GENERATORS}")
-        if not m.pooling or any(not isinstance(v, (int, float)) or v < 0 for v in m.pooling):
-            self._fail(f"model.pooling must be one or more numbers >= 0, got {m.pooling!r}")
-        self._validate_shared_l2()
+        self._validate_per_kind("pooling")
+        self._validate_per_kind("shared_l2")
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
         if not _non_negative_numbers(m.intercept_strengths):
@@ -335,9 +337,9 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
         for field in ("pooling", "shared_l2"):  # one value, written as a number
             if isinstance(data.get(field), (int, float)):
                 data[field] = (data[field],)
-        if isinstance(data.get("shared_l2"), Mapping):  # a list (or a number) per kind
-            data["shared_l2"] = {kind: tuple(v) if isinstance(v, (list, tuple)) else (v,)
-                                 for kind, v in data["shared_l2"].items()}
+            if isinstance(data.get(field), Mapping):  # a list (or a number) per kind
+                data[field] = {kind: tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                               for kind, v in data[field].items()}
     if cls is ModelConfig and isinstance(data.get("generator"), str):
         data["generator"] = (data["generator"],)
     return cls(**data)

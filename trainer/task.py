@@ -250,15 +250,15 @@ def run_fn(fn_args: FnArgs) -> None:
 
 
 def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, float, float]]:
-    """(generator kind, pooling, shared L2) of every model the Trainer fits. Pooling and
-    the shared L2 act on the pooled kinds only: "full" is one model. An anchor (a
-    benchmark's reference model) has no generator: one kind and no shared L2."""
+    """(generator kind, pooling, shared L2) of every model the Trainer fits: per pooled
+    kind, each of its pooling strengths with each of its shared L2s ("full" is one model).
+    An anchor (a benchmark's reference model) has no generator: one fit, no pooling."""
     if anchor:
-        return [(m.generator[0], pooling, 0.0) for pooling in m.pooling]
+        return [(m.generator[0], 0.0, 0.0)]
     candidates: list[tuple[str, float, float]] = []
     for kind in m.generator:
         if GENERATOR_KINDS[kind].pooled:
-            candidates += [(kind, pooling, l2) for pooling in m.pooling
+            candidates += [(kind, pooling, l2) for pooling in m.pooling_of(kind)
                            for l2 in m.shared_l2_of(kind)]
         else:
             candidates.append((kind, 0.0, 0.0))
@@ -291,13 +291,14 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                      build: Callable[[float], tf.keras.Model] | None = None,
                      ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """The trained model and its history: one model per generator kind, pooling strength
-    and shared L2 of the config, each seeded alike and early-stopped on eval; the lowest
-    eval data loss is kept (eval chose it: only test judges it), then its context intercepts
-    are fitted on train, their strength chosen on eval (model.intercept_strengths).
+    and shared L2 of the config, each seeded alike and early-stopped on eval, then given its
+    context intercepts (fitted on train, their strength chosen on eval from
+    model.intercept_strengths); the lowest eval loss of a model as it will be exported,
+    intercepts included, is kept (eval chose it: only test judges it).
 
-    `build(loss_scale)` makes each model instead (the benchmarks pass their anchors
-    through the same loop, one per pooling strength); `loss_scale` is what a strength in
-    the standardised label's units is multiplied by, as ours' are.
+    `build(loss_scale)` makes the model instead (the benchmarks pass their anchors through
+    the same loop, one fit); `loss_scale` is what a strength in the standardised label's
+    units is multiplied by, as ours' are.
     """
     strategy = strategy or tf.distribute.get_strategy()
     layout = ModelLayout.from_transform(config, tft_output)
@@ -333,20 +334,23 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                            shared_columns=layout.shared_columns)
         history = train(model, config, train_ds, eval_ds, train_examples, log_dir=log_dir)
         score = min(history[f"val_{DATA_LOSS}"])
-        logging.info("generator %s, pooling %s, shared L2 %s: best eval %s %.6f", kind, pooling,
-                     l2, DATA_LOSS, score)
+        if isinstance(model, ConfiguredHyperModel):
+            # Chosen as exported: a strongly pooled model leaves more to its intercepts.
+            fit = fit_model_intercepts(model, config.label.task, config.model.intercept_strengths,
+                                       scoring_dataset(train_files, tft_output, config), eval_ds)
+            history["intercept_strength"] = [fit.strength if fit else None]
+            score = fit.eval_losses[fit.strength] if fit else score
+        logging.info("generator %s, pooling %s, shared L2 %s: eval %s %.6f with intercepts "
+                     "(best epoch %.6f)", kind, pooling, l2, DATA_LOSS, score,
+                     min(history[f"val_{DATA_LOSS}"]))
         history["pooling"] = [float(pooling)]
         history["shared_l2"] = [float(l2)]
         history["generator"] = [kind]
+        history["eval_loss_with_intercepts"] = [float(score)]
         if best is None or score < best[0]:
             best = (score, model, history)
-    assert best is not None  # the config requires at least one pooling value
-    _, model, history = best
-    if isinstance(model, ConfiguredHyperModel):
-        fit = fit_model_intercepts(model, config.label.task, config.model.intercept_strengths,
-                                   scoring_dataset(train_files, tft_output, config), eval_ds)
-        history["intercept_strength"] = [fit.strength if fit else None]
-    return model, history
+    assert best is not None  # the config requires a strength per pooled kind
+    return best[1], best[2]
 
 
 def train_and_export(fn_args: FnArgs) -> tf.keras.Model:

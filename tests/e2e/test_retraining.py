@@ -345,7 +345,7 @@ def warm_started_candidates(output: str) -> dict[tuple[str, float, float], bool]
     candidate."""
     out, warm = {}, None
     for m in re.finditer(r"warm start from |warm start skipped|generator (\w+), pooling "
-                         r"([\d.]+), shared L2 ([\d.e-]+): best eval", output):
+                         r"([\d.]+), shared L2 ([\d.e-]+): eval", output):
         if m.group(1):
             out[(m.group(1), float(m.group(2)), float(m.group(3)))] = warm
         else:

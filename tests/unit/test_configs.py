@@ -83,6 +83,13 @@ def test_round_trip_through_custom_config(tmp_path):
      "model.shared_l2.lowrank must be one or more numbers >= 0, got ()"),
     (with_(model__generator=["film", "lowrank"], model__shared_l2={"film": [0]}),
      "model.shared_l2 gives no strengths for generator ['lowrank']"),
+    (with_(model__pooling=[]), "model.pooling must be one or more numbers >= 0, got ()"),
+    (with_(model__pooling={"film": [30], "lowrank": [-1]}),
+     "model.pooling.lowrank must be one or more numbers >= 0, got (-1,)"),
+    (with_(model__pooling={"film": [30], "full": [3]}),
+     "model.pooling names ['full']: it applies to the pooled generator kinds"),
+    (with_(model__generator=["film", "lowrank"], model__pooling={"lowrank": [300]}),
+     "model.pooling gives no strengths for generator ['film']"),
     (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
     (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),
 ])
@@ -99,15 +106,18 @@ def test_one_pooling_or_shared_l2_value_may_be_written_as_a_number(tmp_path):
     assert (config.model.pooling, config.model.shared_l2) == ((10,), (0.01,))
 
 
-def test_shared_l2_per_kind_survives_serialization_and_applies_to_its_kind(tmp_path):
+def test_pooling_and_shared_l2_per_kind_survive_serialization_and_apply_to_their_kind(tmp_path):
     config = configs.load(write(tmp_path, with_(
         model__generator=["film", "lowrank", "full"],
+        model__pooling={"film": 30, "lowrank": [100, 300]},
         model__shared_l2={"film": [0, 0.01], "lowrank": 0.003})))
     m = config.model
     assert (m.shared_l2_of("film"), m.shared_l2_of("lowrank")) == ((0, 0.01), (0.003,))
+    assert (m.pooling_of("film"), m.pooling_of("lowrank")) == ((30,), (100, 300))
     again = configs.deserialize(json.loads(json.dumps(configs.serialize(config))))
     assert again.model.shared_l2_of("film") == (0, 0.01)
     assert again.model.shared_l2_of("lowrank") == (0.003,)
+    assert again.model.pooling_of("lowrank") == (100, 300)
     # A kind the mapping leaves out is fine when the config does not train it.
     only_film = configs.load(write(tmp_path, with_(model__generator=["film"],
                                                    model__shared_l2={"film": [0]})))

@@ -19,9 +19,9 @@ def test_every_kind_pooling_and_shared_l2_combination_is_a_candidate():
     m = configs.ModelConfig(generator=("film", "lowrank"), pooling=(10.0,), shared_l2=(0.0, 0.003))
     assert model_candidates(m) == [("film", 10.0, 0.0), ("film", 10.0, 0.003),
                                    ("lowrank", 10.0, 0.0), ("lowrank", 10.0, 0.003)]
-    # An anchor has no generator: its first kind stands in, pooling strengths only, no L2.
+    # An anchor has no generator: one fit, its first kind standing in, no pooling or L2.
     assert model_candidates(dataclasses.replace(m, pooling=(3.0, 10.0)), anchor=True) == [
-        ("film", 3.0, 0.0), ("film", 10.0, 0.0)]
+        ("film", 0.0, 0.0)]
 
 
 def test_a_full_generator_is_one_candidate_whatever_the_pooling_and_l2_grids():
@@ -43,6 +43,14 @@ def test_shared_l2_per_kind_gives_each_kind_its_own_strengths():
     assert model_candidates(m) == [
         ("lowrank", 3.0, 0.01), ("lowrank", 3.0, 0.1), ("lowrank", 10.0, 0.01),
         ("lowrank", 10.0, 0.1), ("full", 0.0, 0.0), ("film", 3.0, 0.0), ("film", 10.0, 0.0)]
+
+
+def test_pooling_per_kind_pairs_each_kinds_own_strengths_with_its_shared_l2():
+    m = configs.ModelConfig(generator=("film", "full", "lowrank"),
+                            pooling={"film": (10.0,), "lowrank": (100.0, 300.0)},
+                            shared_l2={"film": (0.0,), "lowrank": (0.01,)})
+    assert model_candidates(m) == [("film", 10.0, 0.0), ("full", 0.0, 0.0),
+                                   ("lowrank", 100.0, 0.01), ("lowrank", 300.0, 0.01)]
 
 
 def test_the_config_knows_which_generator_kinds_are_pooled():

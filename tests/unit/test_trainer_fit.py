@@ -18,6 +18,7 @@ from trainer.task import (
     fit_hypernetwork,
     label_stats,
     make_dataset,
+    scoring_dataset,
     train,
 )
 
@@ -113,3 +114,35 @@ def test_loss_scale_is_the_label_variance_for_regression_only():
     assert stats.loss_scale("binary") == 1.0
     assert stats.loss_scale("multiclass") == 1.0
     assert LabelStats(10, 3.0, 0.0).loss_scale("regression") == 1.0
+
+
+def test_the_candidate_kept_has_the_lowest_eval_loss_as_exported_intercepts_included(
+        taxi, splits):
+    """Each candidate gets its context intercepts before the choice: a strongly pooled model
+    leaves more to them, so the loss before them would misjudge it."""
+    config, _, _, tft_output = taxi
+
+    def fit(shared_l2: tuple[float, ...]) -> tuple[tf.keras.Model, dict]:
+        one = dataclasses.replace(
+            config,
+            model=dataclasses.replace(config.model, generator=("film",), pooling=(10.0,),
+                                      shared_l2=shared_l2, intercept_strengths=(1.0, 100.0)),
+            training=dataclasses.replace(config.training, batch_size=32, epochs=2,
+                                         train_steps=8, warm_start=False))
+        return fit_hypernetwork(one, tft_output, splits[0], splits[1])
+
+    alone = {l2: fit((l2,))[1]["eval_loss_with_intercepts"][0] for l2 in (0.0, 1.0)}
+    assert alone[0.0] != alone[1.0]
+    model, history = fit((0.0, 1.0))
+    kept = min(alone, key=alone.get)
+    assert history["shared_l2"] == [kept]
+    assert history["eval_loss_with_intercepts"][0] == pytest.approx(alone[kept], rel=1e-6)
+    # The score is the returned model's own eval log-loss, its intercepts in it.
+    labels, probs = [], []
+    for x, y in scoring_dataset(splits[1], tft_output, config):
+        probs.append(np.reshape(model(x).numpy(), [-1]))
+        labels.append(np.reshape(y.numpy(), [-1]))
+    p = np.clip(np.concatenate(probs).astype(np.float64), 1e-7, 1 - 1e-7)
+    y = np.concatenate(labels)
+    log_loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert history["eval_loss_with_intercepts"][0] == pytest.approx(log_loss, rel=1e-4)
