@@ -230,17 +230,17 @@ def run_onehot_mlp(table: Table, seed: int, l2s: Sequence[float]) -> dict[str, A
     (fit_hypernetwork passes its loss_scale): in raw units the grid's top, 1e-1, is 2e-5
     of STAR's label variance, no regularisation at all there."""
     start = time.time()
-    best: tuple[float, float, dict, tuple[np.ndarray, np.ndarray, float | None, float]] | None = None
+    best: tuple[float, dict, tuple[np.ndarray, np.ndarray, float | None, float]] | None = None
     for l2 in l2s:
         model, history = fit_keras(table, seed, lambda config, layout, scale, l2=l2: PlainMLP(
             config, layout, l2=l2 * scale, name="onehot_mlp"))
         scored = predict_with_intercepts(model, table)
         log(f"{table.name} onehot_mlp seed {seed} l2 {l2}: eval {DATA_LOSS} "
             f"{min(history[f'val_{DATA_LOSS}']):.6g}, with intercepts {scored[3]:.6g}")
-        if best is None or scored[3] < best[0]:
-            best = (scored[3], l2, history, scored)
+        if best is None or scored[3] < best[2][3]:
+            best = (l2, history, scored)
     assert best is not None
-    loss, l2, history, (preds, labels, strength, _) = best
+    l2, history, (preds, labels, strength, loss) = best
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history), "l2": l2,
             "intercept_strength": strength, "eval_loss_with_intercepts": round(loss, 6),

@@ -316,6 +316,7 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
             return build(loss_scale)
         return ConfiguredHyperModel(config, layout, pooling, examples, kind, l2,
                                     name="hyper_model")
+    train_scoring = scoring_dataset(train_files, tft_output, config)  # each candidate's intercepts
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
     for kind, pooling, l2 in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)
@@ -337,7 +338,7 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
         if isinstance(model, ConfiguredHyperModel):
             # Chosen as exported: a strongly pooled model leaves more to its intercepts.
             fit = fit_model_intercepts(model, config.label.task, config.model.intercept_strengths,
-                                       scoring_dataset(train_files, tft_output, config), eval_ds)
+                                       train_scoring, eval_ds)
             history["intercept_strength"] = [fit.strength if fit else None]
             score = fit.eval_losses[fit.strength] if fit else score
         logging.info("generator %s, pooling %s, shared L2 %s: eval %s %.6f with intercepts "
