@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -188,14 +188,6 @@ def fit_keras(table: Table, seed: int,
                                 table.files["eval"], build=build)
 
 
-def per_kind(values: Sequence[float] | Mapping[str, Sequence[float]]
-             ) -> list[float] | dict[str, list[float]]:
-    """A per-kind model setting (pooling, shared_l2) as JSON."""
-    if isinstance(values, Mapping):
-        return {kind: list(v) for kind, v in values.items()}
-    return list(values)
-
-
 def history_facts(history: dict[str, list[float]]) -> dict[str, Any]:
     val = history[f"val_{DATA_LOSS}"]
     return {"epochs": len(val), "best_epoch": int(np.argmin(val)) + 1,
@@ -207,10 +199,10 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
     """The configured hypernetwork; `model_settings` override the config's model section
     (a variant of the defaults, for choosing them: --variant)."""
     start = time.time()
-    if model_settings:
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in model_settings.items()}
-        table = dataclasses.replace(table, config=dataclasses.replace(
-            table.config, model=dataclasses.replace(table.config.model, **overrides)))
+    if model_settings:  # read and checked as the YAML's model section would be
+        data = configs.serialize(table.config)
+        data["model"] = {**data["model"], **model_settings}
+        table = dataclasses.replace(table, config=configs.deserialize(data))
     model, history = fit_keras(table, seed)
     preds, labels = predict(model, table)
     check_same_rows(table, labels)
@@ -313,8 +305,7 @@ def model_line(table: Table, model: str, runs: list[dict[str, Any]]) -> dict[str
         machine=cpu_info())
     if model in ("hypernet", "onehot_mlp"):
         m = table.config.model
-        line.update(model_generator=list(m.generator), model_pooling=per_kind(m.pooling),
-                    model_shared_l2=per_kind(m.shared_l2),
+        line.update(model_candidates=[dataclasses.astuple(c) for c in m.candidate_models()],
                     hidden_units=list(m.hidden_units))
     return line
 

@@ -24,6 +24,7 @@ component (from ML Metadata execution times).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -127,10 +128,10 @@ def timed_run(cwd: str, runner: str, name: str, env: dict[str, str]) -> float:
 
 
 EQUAL_STEPS = {
-    # One candidate (the default's first pooling strength, so it follows the default) and no
-    # intercepts fitted after it: no model selection on eval.
-    "model": {"generator": ["film"], "pooling": list(configs.ModelConfig().pooling_of("film")[:1]),
-              "shared_l2": [0.0], "intercept_strengths": []},
+    # One candidate (the default's first, so it follows the default) and no intercepts
+    # fitted after it: no model selection on eval.
+    "model": {"candidates": [dataclasses.asdict(configs.DEFAULT_CANDIDATES[0])],
+              "intercept_strengths": []},
     "training": {"train_steps": TEMPLATE_STEPS, "batch_size": TEMPLATE_BATCH, "epochs": 10,
                  "early_stopping_patience": 10},
 }

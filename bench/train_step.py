@@ -184,7 +184,7 @@ def main() -> None:
         distinct.append(len({tuple(int(ids[i]) for ids in context_ids.values())
                              for i in picked}))
 
-    pooling = (config.model.pooling_of(config.model.generator[0]) or (0.0,))[0]  # full: none
+    pooling = config.model.candidate_models()[0].pooling  # the first candidate's
     hyper = HyperNetwork(target, context,
                          generator_config(config, pooling, train_examples(config, args.csv)),
                          name="hypernetwork")

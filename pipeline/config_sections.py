@@ -151,19 +151,19 @@ class ModelConfig:
     # How the context becomes weights (README, "The hypernetwork"): "film" and "lowrank"
     # pool (shared network + a shrunk per-context deviation), "full" generates every weight.
     # Pooling strength lambda: the loss adds lambda / N * sum over contexts of |deviation|^2
-    # (N training examples), a prior that keeps small groups near the shared network.
-    # Several kinds or strengths: one model for each combination, the best on eval is kept
-    # (the defaults were chosen on bench/grouped.py's tables: README, "Benchmarks";
-    # docs/grouped-defaults.md, sections 11-18).
-    generator: tuple[str, ...] = ("film", "lowrank")
-    # pooling and shared_l2: a list for every pooled kind, or a list per kind (each kind
-    # trains every pairing of its own).
-    pooling: tuple[float, ...] | Mapping[str, tuple[float, ...]] = (30.0,)
-    # L2 on the pooled kinds' shared network kernels (weight decay of what every context
-    # shares), in units of the standardised label like pooling. lowrank without it was
-    # never kept on eval at pooling 30 (docs/grouped-defaults.md, section 14): not trained.
-    shared_l2: tuple[float, ...] | Mapping[str, tuple[float, ...]] = dataclasses.field(
-        default_factory=lambda: {"film": (0.0, 0.003), "lowrank": (0.003,)})
+    # (N training examples), a prior that keeps small groups near the shared network;
+    # shared_l2 is weight decay on the shared network's kernels (what every context
+    # shares); both in units of the standardised label.
+    # The Trainer fits several models and keeps the best on eval, as exported. They are
+    # either listed one by one in `candidates`, or crossed from a grid: every kind of
+    # `generator` with each of its `pooling` and `shared_l2` strengths (a list for every
+    # pooled kind or a list per kind; a field left out takes GRID_DEFAULTS'). Neither
+    # given: DEFAULT_CANDIDATES (chosen on bench/grouped.py's tables: README,
+    # "Benchmarks"; docs/grouped-defaults.md, sections 11-19).
+    candidates: tuple[Candidate, ...] = ()
+    generator: tuple[str, ...] | None = None
+    pooling: tuple[float, ...] | Mapping[str, tuple[float, ...]] | None = None
+    shared_l2: tuple[float, ...] | Mapping[str, tuple[float, ...]] | None = None
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
     # After training, each categorical context value gets an output intercept in closed
     # form: its train residuals' sum / (its rows + k), k chosen on eval from these (or
@@ -176,13 +176,59 @@ class ModelConfig:
     chunk_embedding_dim: int = 16
     generator_l2: float = 0.0
 
+    @property
+    def grid_given(self) -> bool:
+        """Whether any of generator, pooling or shared_l2 is set (the grid form)."""
+        return any(v is not None for v in (self.generator, self.pooling, self.shared_l2))
+
     def pooling_of(self, kind: str) -> tuple[float, ...]:
-        """The pooling strengths a pooled `kind` is trained with (none configured: ())."""
-        return _of_kind(self.pooling, kind)
+        """The grid's pooling strengths for a pooled `kind` (none configured: ())."""
+        return _of_kind(GRID_DEFAULTS["pooling"] if self.pooling is None else self.pooling, kind)
 
     def shared_l2_of(self, kind: str) -> tuple[float, ...]:
-        """The shared-L2 strengths a pooled `kind` is trained with (none configured: ())."""
-        return _of_kind(self.shared_l2, kind)
+        """The grid's shared-L2 strengths for a pooled `kind` (none configured: ())."""
+        return _of_kind(GRID_DEFAULTS["shared_l2"] if self.shared_l2 is None else self.shared_l2,
+                        kind)
+
+    def candidate_models(self) -> tuple[Candidate, ...]:
+        """Every model the Trainer fits, in order: the list, the grid's cross, or the default.
+        The grid crosses, per pooled kind, each pooling strength with each shared L2
+        ("full" is one model, no pooling)."""
+        if self.candidates:
+            return self.candidates
+        if not self.grid_given:
+            return DEFAULT_CANDIDATES
+        crossed: list[Candidate] = []
+        for kind in self.generator or GRID_DEFAULTS["generator"]:
+            if kind in POOLED_GENERATORS:
+                crossed += [Candidate(kind, pooling, l2) for pooling in self.pooling_of(kind)
+                            for l2 in self.shared_l2_of(kind)]
+            else:
+                crossed.append(Candidate(kind))
+        return tuple(crossed)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The generator kinds trained, in order of their first candidate."""
+        return tuple(dict.fromkeys(c.generator for c in self.candidate_models()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One model the Trainer fits: generator kind, pooling strength, shared L2 (the last
+    two in units of the standardised label; both 0 for the unpooled kind "full")."""
+    generator: str
+    pooling: float = 0.0
+    shared_l2: float = 0.0
+
+
+# Three models, one kept on eval (docs/grouped-defaults.md, section 19).
+DEFAULT_CANDIDATES = (Candidate("film", 30.0, 0.0), Candidate("film", 30.0, 0.003),
+                      Candidate("lowrank", 30.0, 0.003))
+# What a grid leaves unset: the defaults before the list (section 14).
+GRID_DEFAULTS: dict[str, Any] = {
+    "generator": ("film", "lowrank"), "pooling": (30.0,),
+    "shared_l2": {"film": (0.0, 0.003), "lowrank": (0.003,)}}
 
 
 def _of_kind(values: tuple[float, ...] | Mapping[str, tuple[float, ...]],

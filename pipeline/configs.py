@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from pipeline.config_sections import (  # noqa: F401 - re-exported: readers import from here
+    DEFAULT_CANDIDATES,
     DISTRIBUTIONS,
     GATE_METRICS,
     GENERATORS,
+    GRID_DEFAULTS,
     HISTORY_FILE,
     MANIFEST_FILE,
     POOLED_GENERATORS,
@@ -36,6 +38,7 @@ from pipeline.config_sections import (  # noqa: F401 - re-exported: readers impo
     VERDICT_FILE,
     WEIGHTS_FILE,
     BeamConfig,
+    Candidate,
     ConfigError,
     FeaturesConfig,
     GateMetric,
@@ -170,6 +173,8 @@ class PipelineConfig:
         or a list per pooled kind trained."""
         m = self.model
         values = getattr(m, field)
+        if values is None:
+            return  # the grid's default
         if isinstance(values, Mapping):
             unknown = sorted(set(values) - set(POOLED_GENERATORS))
             if unknown:
@@ -182,10 +187,38 @@ class PipelineConfig:
             if not strengths or not _non_negative_numbers(strengths):
                 self._fail(f"{name} must be one or more numbers >= 0, got {strengths!r}")
         of_kind = m.pooling_of if field == "pooling" else m.shared_l2_of
-        missing = [g for g in m.generator if g in POOLED_GENERATORS and not of_kind(g)]
+        missing = [g for g in m.generator or GRID_DEFAULTS["generator"]
+                   if g in POOLED_GENERATORS and not of_kind(g)]
         if missing:
             self._fail(f"model.{field} gives no strengths for generator {missing}: "
                        f"add {missing[0]}: [0] or a list")
+
+    def _validate_candidates(self) -> None:
+        """The models to fit: listed (model.candidates) or a grid, not both; each valid."""
+        m = self.model
+        if m.candidates and m.grid_given:
+            self._fail("model.candidates lists the models one by one; model.generator, "
+                       "pooling and shared_l2 cross a grid instead: give one form, not both")
+        if m.generator is not None:
+            unknown = [g for g in m.generator if g not in GENERATORS]
+            if not m.generator or unknown:
+                self._fail(f"model.generator {list(m.generator)} must be one or more of "
+                           f"{GENERATORS}")
+        self._validate_per_kind("pooling")
+        self._validate_per_kind("shared_l2")
+        for i, c in enumerate(m.candidates):
+            where = f"model.candidates[{i}]"
+            if c.generator not in GENERATORS:
+                self._fail(f"{where}.generator {c.generator!r} must be one of {GENERATORS}")
+            if not _non_negative_numbers([c.pooling, c.shared_l2]):
+                self._fail(f"{where}: pooling and shared_l2 must be numbers >= 0, got "
+                           f"{c.pooling!r} and {c.shared_l2!r}")
+            if c.generator not in POOLED_GENERATORS and (c.pooling or c.shared_l2):
+                self._fail(f"{where}: generator {c.generator!r} pools nothing; drop its "
+                           f"pooling and shared_l2")
+        models = m.candidate_models()
+        if len(set(models)) < len(models):
+            self._fail(f"model.candidates lists a model twice: {[dataclasses.astuple(c) for c in models]}")
 
     def _validate_gate_bounds(self) -> None:
         """A bound must point the metric's way: AUC >= x, MSE <= x; never the reverse."""
@@ -256,11 +289,7 @@ class PipelineConfig:
             self._fail(f"span_pattern {self.span_pattern!r} has no {{SPAN}}")
         self._validate_gate_bounds()
         m = self.model
-        unknown = [g for g in m.generator if g not in GENERATORS]
-        if not m.generator or unknown:
-            self._fail(f"model.generator {list(m.generator)} must be one or more of {GENERATORS}")
-        self._validate_per_kind("pooling")
-        self._validate_per_kind("shared_l2")
+        self._validate_candidates()
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
         if not _non_negative_numbers(m.intercept_strengths):
@@ -342,7 +371,20 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
                                for kind, v in data[field].items()}
     if cls is ModelConfig and isinstance(data.get("generator"), str):
         data["generator"] = (data["generator"],)
+    if cls is ModelConfig and data.get("candidates"):
+        data["candidates"] = tuple(_candidate(entry, f"{where}: candidates[{i}]")
+                                   for i, entry in enumerate(data["candidates"]))
     return cls(**data)
+
+
+def _candidate(entry: Any, where: str) -> Candidate:
+    """One model of model.candidates, e.g. {generator: lowrank, pooling: 300, shared_l2: 0.01}."""
+    if isinstance(entry, Candidate):
+        return entry
+    if not isinstance(entry, Mapping) or "generator" not in entry:
+        raise ConfigError(f"{where}: expected a mapping with a generator (and pooling, "
+                          f"shared_l2), got {entry!r}")
+    return _build(Candidate, entry, where)
 
 
 def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str = ".") -> PipelineConfig:

@@ -102,11 +102,11 @@ def generator_config(config: PipelineConfig, pooling: float = 0.0, train_example
                      kind: str | None = None, shared_l2: float = 0.0) -> GeneratorConfig:
     """The library's generator settings; shrinkage = pooling / N, a prior on each group's
     deviation in units of the mean training loss (0 when N is unknown: inference only).
-    `kind`: one of model.generator (default its first); `shared_l2`: one of model.shared_l2,
+    `kind`: one of the candidates' kinds (default the first's); `shared_l2`: a candidate's,
     already in the loss's units."""
     m = config.model
     return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
-                           head_l2=m.generator_l2, kind=kind or m.generator[0], rank=m.rank,
+                           head_l2=m.generator_l2, kind=kind or m.kinds[0], rank=m.rank,
                            shrinkage=pooling / train_examples if train_examples else 0.0,
                            shared_l2=shared_l2)
 

@@ -46,8 +46,8 @@ def load_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     spec = serving_feature_spec(config, tft_output)
     empty = tf.train.Example().SerializeToString()
     reasons = []
-    # The Trainer kept one of the config's generator kinds: the one whose variables match.
-    for kind in config.model.generator:
+    # The Trainer kept one of the candidates' generator kinds: the one whose variables match.
+    for kind in config.model.kinds:
         model = ConfiguredHyperModel(config, layout, kind=kind, name="hyper_model")
         # Create the variables as training did (same names): one empty example, transformed.
         model(tft_output.transform_features_layer()(

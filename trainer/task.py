@@ -34,7 +34,6 @@ from pipeline.configs import (
 from trainer import launcher
 from trainer.context_intercepts import fit_model_intercepts
 from trainer.hypernet.keras_env import require_legacy_keras, without_autograph, without_keras_traces
-from trainer.hypernet.kinds import GENERATOR_KINDS
 from trainer.model import ConfiguredHyperModel, ModelLayout, vocabulary_files
 from trainer.warm_start import warm_start
 
@@ -250,19 +249,13 @@ def run_fn(fn_args: FnArgs) -> None:
 
 
 def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, float, float]]:
-    """(generator kind, pooling, shared L2) of every model the Trainer fits: per pooled
-    kind, each of its pooling strengths with each of its shared L2s ("full" is one model).
-    An anchor (a benchmark's reference model) has no generator: one fit, no pooling."""
+    """(generator kind, pooling, shared L2) of every model the Trainer fits, in the
+    config's order (ModelConfig.candidate_models). An anchor (a benchmark's reference
+    model) has no generator: one fit, no pooling."""
+    models = m.candidate_models()
     if anchor:
-        return [(m.generator[0], 0.0, 0.0)]
-    candidates: list[tuple[str, float, float]] = []
-    for kind in m.generator:
-        if GENERATOR_KINDS[kind].pooled:
-            candidates += [(kind, pooling, l2) for pooling in m.pooling_of(kind)
-                           for l2 in m.shared_l2_of(kind)]
-        else:
-            candidates.append((kind, 0.0, 0.0))
-    return candidates
+        return [(models[0].generator, 0.0, 0.0)]
+    return [(c.generator, float(c.pooling), float(c.shared_l2)) for c in models]
 
 
 def build_for_training(model: tf.keras.Model, element_spec: Any) -> None:

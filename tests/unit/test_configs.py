@@ -90,6 +90,20 @@ def test_round_trip_through_custom_config(tmp_path):
      "model.pooling names ['full']: it applies to the pooled generator kinds"),
     (with_(model__generator=["film", "lowrank"], model__pooling={"lowrank": [300]}),
      "model.pooling gives no strengths for generator ['film']"),
+    (with_(model__candidates=[{"generator": "film", "pooling": 30}], model__pooling=[10]),
+     "give one form, not both"),
+    (with_(model__candidates=[{"generator": "films"}]),
+     "model.candidates[0].generator 'films' must be one of"),
+    (with_(model__candidates=[{"generator": "film"}, {"generator": "lowrank", "pooling": -3}]),
+     "model.candidates[1]: pooling and shared_l2 must be numbers >= 0, got -3 and 0.0"),
+    (with_(model__candidates=[{"generator": "full", "pooling": 30}]),
+     "model.candidates[0]: generator 'full' pools nothing"),
+    (with_(model__candidates=["film"]),
+     "model: candidates[0]: expected a mapping with a generator"),
+    (with_(model__candidates=[{"generator": "film", "polling": 30}]),
+     "model: candidates[0]: unknown key(s) ['polling']"),
+    (with_(model__candidates=[{"generator": "film", "pooling": 30}] * 2),
+     "model.candidates lists a model twice"),
     (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
     (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),
 ])
@@ -122,6 +136,19 @@ def test_pooling_and_shared_l2_per_kind_survive_serialization_and_apply_to_their
     only_film = configs.load(write(tmp_path, with_(model__generator=["film"],
                                                    model__shared_l2={"film": [0]})))
     assert only_film.model.shared_l2_of("lowrank") == ()
+
+
+def test_listed_candidates_survive_serialization_in_their_order(tmp_path):
+    config = configs.load(write(tmp_path, with_(model__candidates=[
+        {"generator": "lowrank", "pooling": 300, "shared_l2": 0.01},
+        {"generator": "film", "pooling": 30}, {"generator": "full"}])))
+    want = (configs.Candidate("lowrank", 300, 0.01), configs.Candidate("film", 30, 0.0),
+            configs.Candidate("full", 0.0, 0.0))
+    assert config.model.candidate_models() == want
+    again = configs.deserialize(json.loads(json.dumps(configs.serialize(config))))
+    assert again.model.candidate_models() == want
+    assert configs.load(write(tmp_path, BASE)).model.candidate_models() == (
+        configs.DEFAULT_CANDIDATES)
 
 
 def test_columns_missing_from_the_csv_are_named_with_their_role(tmp_path):

@@ -1,5 +1,5 @@
-"""The Trainer's candidate models: one per generator kind, pooling strength and shared L2,
-and the shared L2 reaching the configured model (fixture `taxi`: tests/unit/conftest.py)."""
+"""The Trainer's candidate models: listed, or one per generator kind, pooling strength and
+shared L2 of a grid; and the shared L2 reaching the configured model (fixture `taxi`: tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,23 @@ def test_a_full_generator_is_one_candidate_whatever_the_pooling_and_l2_grids():
     assert len(candidates) == 1 + 4 and sum(k == "full" for k, _, _ in candidates) == 1
 
 
-def test_the_default_grid_trains_film_with_and_without_shared_l2_and_lowrank_with_it():
-    # lowrank without the L2 was never kept on eval (docs/grouped-defaults.md, section 14).
+def test_the_default_is_the_listed_candidates_and_a_grid_field_replaces_the_list():
     assert model_candidates(configs.ModelConfig()) == [
-        ("film", 30.0, 0.0), ("film", 30.0, 0.003), ("lowrank", 30.0, 0.003)]
+        (c.generator, c.pooling, c.shared_l2) for c in configs.DEFAULT_CANDIDATES]
+    # One grid field given: the grid, its other fields at GRID_DEFAULTS (lowrank without
+    # the L2 was never kept on eval: docs/grouped-defaults.md, section 14).
+    assert model_candidates(configs.ModelConfig(pooling=(10.0,))) == [
+        ("film", 10.0, 0.0), ("film", 10.0, 0.003), ("lowrank", 10.0, 0.003)]
+
+
+def test_listed_candidates_are_fitted_as_listed_in_order_and_pairings_need_not_cross():
+    listed = (configs.Candidate("lowrank", 300.0, 0.01), configs.Candidate("film", 30.0),
+              configs.Candidate("lowrank", 30.0, 0.003), configs.Candidate("full"))
+    m = configs.ModelConfig(candidates=listed)
+    assert model_candidates(m) == [("lowrank", 300.0, 0.01), ("film", 30.0, 0.0),
+                                   ("lowrank", 30.0, 0.003), ("full", 0.0, 0.0)]
+    assert m.kinds == ("lowrank", "film", "full")
+    assert model_candidates(m, anchor=True) == [("lowrank", 0.0, 0.0)]
 
 
 def test_shared_l2_per_kind_gives_each_kind_its_own_strengths():
