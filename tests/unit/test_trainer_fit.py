@@ -107,6 +107,17 @@ def test_each_candidate_traces_its_train_step_once_and_trains_as_fit_alone_would
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_every_input_pipeline_runs_without_the_autotuning_thread(taxi, splits):
+    """Deleting an iterator waits out its autotuning thread's sleep, seconds long after a
+    long fit (trainer/task.py, make_dataset): no dataset of the Trainer starts one."""
+    config, _, _, tft_output = taxi
+    datasets = (make_dataset(splits[0], tft_output, config),
+                make_dataset(splits[1], tft_output, config, training=False),
+                scoring_dataset(splits[0], tft_output, config))
+    assert [ds.options().autotune.enabled for ds in datasets] == [False, False, False]
+    assert next(iter(datasets[0]))[1].shape == (config.training.batch_size,)
+
+
 def test_loss_scale_is_the_label_variance_for_regression_only():
     """Ours' pooling and shared L2 and the benchmark anchor's L2 are all multiplied by it."""
     stats = LabelStats(count=10, mean=3.0, variance=4389.9)
