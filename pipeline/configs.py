@@ -218,7 +218,9 @@ class PipelineConfig:
                            f"pooling and shared_l2")
         models = m.candidate_models()
         if len(set(models)) < len(models):
-            self._fail(f"model.candidates lists a model twice: {[dataclasses.astuple(c) for c in models]}")
+            listed = [dataclasses.astuple(c) for c in models]
+            self._fail(f"model gives the same candidate twice (generator, pooling, "
+                       f"shared_l2): {listed}")
 
     def _validate_gate_bounds(self) -> None:
         """A bound must point the metric's way: AUC >= x, MSE <= x; never the reverse."""

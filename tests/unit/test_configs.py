@@ -103,7 +103,9 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(model__candidates=[{"generator": "film", "polling": 30}]),
      "model: candidates[0]: unknown key(s) ['polling']"),
     (with_(model__candidates=[{"generator": "film", "pooling": 30}] * 2),
-     "model.candidates lists a model twice"),
+     "model gives the same candidate twice (generator, pooling, shared_l2): "
+     "[('film', 30, 0.0), ('film', 30, 0.0)]"),
+    (with_(model__pooling=[30, 30]), "model gives the same candidate twice"),
     (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
     (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),
 ])
