@@ -181,6 +181,11 @@ class ModelConfig:
         """Whether any of generator, pooling or shared_l2 is set (the grid form)."""
         return any(v is not None for v in (self.generator, self.pooling, self.shared_l2))
 
+    @property
+    def grid_generators(self) -> tuple[str, ...]:
+        """The grid's generator kinds (left out: GRID_DEFAULTS')."""
+        return tuple(self.generator or GRID_DEFAULTS["generator"])
+
     def pooling_of(self, kind: str) -> tuple[float, ...]:
         """The grid's pooling strengths for a pooled `kind` (none configured: ())."""
         return _of_kind(GRID_DEFAULTS["pooling"] if self.pooling is None else self.pooling, kind)
@@ -199,7 +204,7 @@ class ModelConfig:
         if not self.grid_given:
             return DEFAULT_CANDIDATES
         crossed: list[Candidate] = []
-        for kind in self.generator or GRID_DEFAULTS["generator"]:
+        for kind in self.grid_generators:
             if kind in POOLED_GENERATORS:
                 crossed += [Candidate(kind, pooling, l2) for pooling in self.pooling_of(kind)
                             for l2 in self.shared_l2_of(kind)]

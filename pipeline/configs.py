@@ -187,8 +187,7 @@ class PipelineConfig:
             if not strengths or not _non_negative_numbers(strengths):
                 self._fail(f"{name} must be one or more numbers >= 0, got {strengths!r}")
         of_kind = m.pooling_of if field == "pooling" else m.shared_l2_of
-        missing = [g for g in m.generator or GRID_DEFAULTS["generator"]
-                   if g in POOLED_GENERATORS and not of_kind(g)]
+        missing = [g for g in m.grid_generators if g in POOLED_GENERATORS and not of_kind(g)]
         if missing:
             self._fail(f"model.{field} gives no strengths for generator {missing}: "
                        f"add {missing[0]}: [0] or a list")
@@ -381,8 +380,6 @@ def _build(cls: type[_Section], data: Mapping[str, Any] | None, where: str) -> _
 
 def _candidate(entry: Any, where: str) -> Candidate:
     """One model of model.candidates, e.g. {generator: lowrank, pooling: 300, shared_l2: 0.01}."""
-    if isinstance(entry, Candidate):
-        return entry
     if not isinstance(entry, Mapping) or "generator" not in entry:
         raise ConfigError(f"{where}: expected a mapping with a generator (and pooling, "
                           f"shared_l2), got {entry!r}")
