@@ -27,8 +27,12 @@ rows and on the pooling penalty's rows (one per context value, every step).
 `contexts` is the number of context values the batches draw from (taxi: the distinct
 ids of the CSV's rows, the out-of-vocabulary one included).
 
-    python bench/train_step.py [--contexts N] [--config pipeline/taxi.yaml] [--batch 256]
-                               [--steps 200]
+`--kind` times another generator kind than the first candidate's, at the pooling and
+shared L2 of the config's first candidate of that kind (`lowrank`: two of the three
+default candidates, the one eval keeps on taxi).
+
+    python bench/train_step.py [--contexts N] [--kind KIND] [--config pipeline/taxi.yaml]
+                               [--batch 256] [--steps 200]
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import tensorflow as tf
 
 from bench.machine import ROOT, TAXI_CSV, cpu_info
 from pipeline import configs
-from pipeline.configs import PipelineConfig
+from pipeline.configs import Candidate, PipelineConfig
 from trainer.features import (
     OOV_BUCKETS,
     bucket_name,
@@ -63,6 +67,7 @@ from trainer.features import (
 )
 from trainer.hypernet.context import ContextSpec
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
+from trainer.hypernet.kinds import GENERATOR_KINDS
 from trainer.hypernet.materialize import build_target_model
 from trainer.model import ModelLayout, context_spec, generator_config, target_spec
 from trainer.task import compile_model
@@ -136,6 +141,15 @@ def timed(step, batch) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def timed_candidate(config: PipelineConfig, kind: str | None) -> Candidate:
+    """The config's first candidate of `kind` (None: the first candidate); a kind none of
+    them has: the first candidate's pooling (unused by the unpooled "full"), no shared L2.
+    Strengths go in as they stand: taxi is binary, its loss has no units to scale by."""
+    models = config.model.candidate_models()
+    of_kind = [c for c in models if kind is None or c.generator == kind]
+    return of_kind[0] if of_kind else Candidate(kind, models[0].pooling, 0.0)
+
+
 def synthetic_context(config: PipelineConfig, n: int) -> ContextSpec:
     """A categorical context of n values plus the out-of-vocabulary id, as Transform gives."""
     return ContextSpec({SYNTHETIC: n + OOV_BUCKETS}, (), config.model.context_embedding_dim,
@@ -148,6 +162,8 @@ def main() -> None:
                         help="a synthetic context of N uniformly drawn values "
                              "(default: the taxi context, drawn as in the CSV)")
     parser.add_argument("--config", default=configs.DEFAULT_CONFIG)
+    parser.add_argument("--kind", choices=sorted(GENERATOR_KINDS), default=None,
+                        help="the generator kind timed (default: the first candidate's)")
     parser.add_argument("--csv", default=TAXI_CSV)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per model")
@@ -184,9 +200,11 @@ def main() -> None:
         distinct.append(len({tuple(int(ids[i]) for ids in context_ids.values())
                              for i in picked}))
 
-    pooling = config.model.candidate_models()[0].pooling  # the first candidate's
+    candidate = timed_candidate(config, args.kind)
     hyper = HyperNetwork(target, context,
-                         generator_config(config, pooling, train_examples(config, args.csv)),
+                         generator_config(config, candidate.pooling, train_examples(config, args.csv),
+                                          kind=args.kind or candidate.generator,
+                                          shared_l2=candidate.shared_l2),
                          name="hypernetwork")
     plain = build_target_model(target, name="plain_mlp")
     for model, batch in ((hyper, hyper_batches[0]), (plain, plain_batches[0])):
@@ -212,6 +230,8 @@ def main() -> None:
         "context_source": "taxi" if args.contexts is None else "synthetic_uniform",
         "context_vocab": {n: int(v) for n, v in context.categorical.items()},
         "generator_kind": hyper.generator_config.kind,
+        "pooling": candidate.pooling,
+        "shared_l2": candidate.shared_l2,
         "batch": args.batch,
         "plain_ms": round(plain_med, 3),
         "hyper_ms": round(hyper_med, 3),
