@@ -25,27 +25,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.machine import ROOT, cpu_info
 
+
+def _train_step(*flags: str) -> tuple[list[str], list[str]]:
+    """bench/train_step.py with `flags`: 300 timed steps, or 30 with --quick."""
+    return (["bench/train_step.py", *flags, "--steps", "300"],
+            ["bench/train_step.py", *flags, "--steps", "30"])
+
+
 BENCHES = {
     # name: (arguments, --quick arguments)
-    "train_step": (["bench/train_step.py", "--steps", "300"],
-                   ["bench/train_step.py", "--steps", "30"]),
-    # The same step with a synthetic context of 5 and of 2,410 uniform values (goals: ratio
-    # <= 1.5 and <= 2 to the plain MLP).
-    "train_step_5": (["bench/train_step.py", "--contexts", "5", "--steps", "300"],
-                     ["bench/train_step.py", "--contexts", "5", "--steps", "30"]),
-    "train_step_2410": (["bench/train_step.py", "--contexts", "2410", "--steps", "300"],
-                        ["bench/train_step.py", "--contexts", "2410", "--steps", "30"]),
-    # lowrank, two of the three default candidates and the one eval keeps on taxi.
-    "train_step_lowrank": (["bench/train_step.py", "--kind", "lowrank", "--steps", "300"],
-                           ["bench/train_step.py", "--kind", "lowrank", "--steps", "30"]),
-    "train_step_5_lowrank": (["bench/train_step.py", "--kind", "lowrank", "--contexts", "5",
-                              "--steps", "300"],
-                             ["bench/train_step.py", "--kind", "lowrank", "--contexts", "5",
-                              "--steps", "30"]),
-    "train_step_2410_lowrank": (["bench/train_step.py", "--kind", "lowrank", "--contexts", "2410",
-                                 "--steps", "300"],
-                                ["bench/train_step.py", "--kind", "lowrank", "--contexts", "2410",
-                                 "--steps", "30"]),
+    # The step at taxi's context, and at a synthetic one of 5 and of 2,410 uniform values
+    # (goals: ratio <= 1.5, 1.5 and 2 to the plain MLP), for the first candidate (film) and
+    # for lowrank (two of the three default candidates, the one eval keeps on taxi).
+    "train_step": _train_step(),
+    "train_step_5": _train_step("--contexts", "5"),
+    "train_step_2410": _train_step("--contexts", "2410"),
+    "train_step_lowrank": _train_step("--kind", "lowrank"),
+    "train_step_5_lowrank": _train_step("--kind", "lowrank", "--contexts", "5"),
+    "train_step_2410_lowrank": _train_step("--kind", "lowrank", "--contexts", "2410"),
     "quality": (["bench/quality.py", "--seeds", "3"], ["bench/quality.py", "--seeds", "1"]),
     "serving": (["bench/serving.py", "--repeats", "500"], ["bench/serving.py", "--repeats", "30"]),
     "scale": (["bench/scale.py", "--rows", "15000,150000"], ["bench/scale.py", "--rows", "15000"]),

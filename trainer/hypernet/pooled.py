@@ -181,7 +181,7 @@ class LowRankGenerator(PooledGenerator):
         K the map's kernel, h A(c) = sum_k e_k (h K_A[k]) is one [B, in] x [in, d r]
         product, and (h A(c)) B(c)^T = (e (x) h A(c)) K_B one [B, d r] x [d r, out]: the
         per-example [B, in, r] and [B, out, r] tensors (and their gradients) cost taxi's
-        lowrank step a third of its time."""
+        lowrank step about a quarter of its time."""
         s, r, h = self.spec, self.config.rank, x
         e = tf.gather(conditioning, index)  # [B, d]
         d, batch = conditioning.shape[-1], tf.shape(x)[0]  # d may be 0 (static): no -1 in a reshape
