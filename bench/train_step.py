@@ -203,7 +203,7 @@ def main() -> None:
     candidate = timed_candidate(config, args.kind)
     hyper = HyperNetwork(target, context,
                          generator_config(config, candidate.pooling, train_examples(config, args.csv),
-                                          kind=args.kind or candidate.generator,
+                                          kind=candidate.generator,
                                           shared_l2=candidate.shared_l2),
                          name="hypernetwork")
     plain = build_target_model(target, name="plain_mlp")
