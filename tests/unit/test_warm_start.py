@@ -153,6 +153,23 @@ def test_unchanged_vocabularies_copy_every_variable(tmp_path, caplog):
     assert "7 variables copied, 0 remapped by vocabulary (vocabularies unchanged)" in caplog.text
 
 
+def test_a_lowrank_base_of_the_old_column_layout_is_not_copied(tmp_path, monkeypatch):
+    """Until 2026-12-07 lowrank's map held A and B as [in, r] blocks in an unscoped kernel;
+    the same shape now means [r, in]. Copied, it would scramble every context's network."""
+    from trainer.hypernet.pooled import LowRankGenerator
+
+    with monkeypatch.context() as old_code:
+        old_code.setattr(LowRankGenerator, "kernel_scope", "")
+        base = hyper(OLD, "lowrank", seed=1, randomize=True)
+    path = save_base(tmp_path, base, OLD)
+    fresh = hyper(OLD, "lowrank", seed=2)
+    before = [v.numpy().copy() for v in fresh.trainable_variables]
+    assert warm_start(fresh, path, write_vocab(tmp_path / "new", OLD), COLUMNS) == (
+        "different variables (new: ['rank_major/kernel:0'], gone: ['kernel:0'])")
+    for v, b in zip(fresh.trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_variables_are_what_loading_the_model_gives(tmp_path, kind):
     """Read from the object graph and checkpoint alone: the same variables, flags and
@@ -178,7 +195,7 @@ def test_an_unreadable_base_means_training_from_scratch(tmp_path):
 
 @pytest.mark.parametrize("change, reason", [
     ({"hidden": 4}, "dense_0/bias:0 has shape (8,) in the base model, (4,) now"),
-    ({"kind": "lowrank"}, "kernel:0 has shape (8, 34) in the base model, which does not map"),
+    ({"kind": "lowrank"}, "different variables (new: ['rank_major/kernel:0'], gone: ['kernel:0'])"),
     ({"kind": "full", "chunk_size": 16}, "FullGenerator's weights cannot be remapped"),
 ])
 def test_any_other_difference_means_training_from_scratch(tmp_path, change, reason, caplog):

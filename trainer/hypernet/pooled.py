@@ -24,6 +24,7 @@ parameter set) and also emit full parameter vectors, for materialization.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -39,6 +40,10 @@ class PooledGenerator(ParameterGenerator):
 
     pooled = True
     applies_directly = True
+    # A name scope for the map's kernel: a kind whose columns changed layout names its
+    # kernel anew, so warm start never copies a base model's kernel of the old layout
+    # (warm_start.py matches variables by name).
+    kernel_scope = ""
 
     def __init__(self, spec: TargetSpec, config: GeneratorConfig, **kwargs: object):
         super().__init__(spec, config, **kwargs)
@@ -66,8 +71,9 @@ class PooledGenerator(ParameterGenerator):
 
     # -- the contract ----------------------------------------------------------------
     def deviation(self, conditioning: tf.Tensor) -> tf.Tensor:
-        """[U, d] -> [U, D]: zero for zero conditioning (the shared network)."""
-        return self.to_deviation(conditioning)
+        """[U, d] -> [U, D]: zero for zero conditioning (the shared network). The kernel is
+        built by _deviation_kernel whichever path runs first, so it is named the same."""
+        return tf.matmul(conditioning, self._deviation_kernel(conditioning))
 
     def parts(self, conditioning: tf.Tensor) -> list[tf.Tensor]:
         return list(tf.split(self.deviation(conditioning), self.sizes, axis=-1))
@@ -75,7 +81,8 @@ class PooledGenerator(ParameterGenerator):
     def _deviation_kernel(self, conditioning: tf.Tensor) -> tf.Tensor:
         """The map's [d, D] kernel, built from the conditioning's width on first use."""
         if not self.to_deviation.built:
-            self.to_deviation.build(conditioning.shape)
+            with tf.name_scope(self.kernel_scope) if self.kernel_scope else contextlib.nullcontext():
+                self.to_deviation.build(conditioning.shape)
         return self.to_deviation.kernel
 
     def parts_per_example(self, conditioning: tf.Tensor, index: tf.Tensor) -> list[tf.Tensor]:
@@ -136,12 +143,21 @@ class FilmGenerator(PooledGenerator):
 
 
 class LowRankGenerator(PooledGenerator):
-    """Kind "lowrank": each kernel W0 + A(c) B(c)^T of rank `config.rank`, each bias b0 + d(c)."""
+    """Kind "lowrank": each kernel W0 + A(c) B(c)^T of rank `config.rank`, each bias b0 + d(c).
+
+    The map's columns hold each layer's A rank-major ([r, in]: row k of the map, reshaped
+    [d r, in], is K_A with no transpose), then B the same way ([r, out]), then the bias
+    deviation: the training step multiplies by them as stored. An [in, r] layout cost a
+    transpose of K_A and K_B every step, forward and backward: the step took 1.97 times
+    a plain MLP's on taxi, against 1.5 without (docs/performance.md).
+    """
+
+    kernel_scope = "rank_major"  # until 2026-12-07 the blocks were [in, r], the kernel unscoped
 
     def deviation_sizes(self) -> list[int]:
         r, widths = self.config.rank, self.spec.layer_widths
         return [n for fan_in, fan_out in zip(widths[:-1], widths[1:])
-                for n in (fan_in * r, fan_out * r, fan_out)]
+                for n in (r * fan_in, r * fan_out, fan_out)]
 
     def deviation_initializer(self) -> Any:
         """A random, B and the bias deviation zero: A B^T = 0, yet B gets gradients."""
@@ -160,17 +176,17 @@ class LowRankGenerator(PooledGenerator):
         return init
 
     def factors(self, parts: list[tf.Tensor], layer: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(A [U, in, r], B [U, out, r], bias deviation [U, out]) of one layer."""
+        """(A [U, r, in], B [U, r, out], bias deviation [U, out]) of one layer, rank-major."""
         fan_in, fan_out = self.spec.layer_widths[layer], self.spec.layer_widths[layer + 1]
         a, b, bias = parts[3 * layer: 3 * layer + 3]
         r = self.config.rank
-        return tf.reshape(a, [-1, fan_in, r]), tf.reshape(b, [-1, fan_out, r]), bias
+        return tf.reshape(a, [-1, r, fan_in]), tf.reshape(b, [-1, r, fan_out]), bias
 
     def call(self, conditioning: tf.Tensor) -> tf.Tensor:
         parts, flat = self.parts(conditioning), []
         for layer in range(self.spec.num_layers):
             a, b, d_bias = self.factors(parts, layer)
-            kernel = self.shared[2 * layer][None] + tf.einsum("uir,uor->uio", a, b)
+            kernel = self.shared[2 * layer][None] + tf.einsum("uri,uro->uio", a, b)
             flat.append(tf.reshape(kernel, [tf.shape(kernel)[0], -1]))
             flat.append(self.shared[2 * layer + 1][None] + d_bias)
         return tf.concat(flat, axis=-1)
@@ -189,10 +205,10 @@ class LowRankGenerator(PooledGenerator):
         for layer in range(s.num_layers):
             fan_in, fan_out = s.layer_widths[layer], s.layer_widths[layer + 1]
             k_a, k_b, k_bias = kernels[3 * layer: 3 * layer + 3]
-            k_a = tf.reshape(tf.transpose(tf.reshape(k_a, [d, fan_in, r]), [1, 0, 2]), [fan_in, d * r])
-            k_b = tf.reshape(tf.transpose(tf.reshape(k_b, [d, fan_out, r]), [0, 2, 1]), [d * r, fan_out])
-            h_a = tf.reduce_sum(tf.reshape(tf.matmul(h, k_a), [batch, d, r]) * e[:, :, None], axis=1)
-            low = tf.matmul(tf.reshape(e[:, :, None] * h_a[:, None, :], [batch, d * r]), k_b)
+            projected = tf.matmul(h, tf.reshape(k_a, [d * r, fan_in]), transpose_b=True)
+            h_a = tf.reduce_sum(tf.reshape(projected, [batch, d, r]) * e[:, :, None], axis=1)
+            low = tf.matmul(tf.reshape(e[:, :, None] * h_a[:, None, :], [batch, d * r]),
+                            tf.reshape(k_b, [d * r, fan_out]))
             h = (tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1] + low
                  + tf.matmul(e, k_bias))
             if layer < s.num_layers - 1:
