@@ -160,16 +160,19 @@ class LowRankGenerator(PooledGenerator):
                 for n in (r * fan_in, r * fan_out, fan_out)]
 
     def deviation_initializer(self) -> Any:
-        """A random, B and the bias deviation zero: A B^T = 0, yet B gets gradients."""
+        """A random, B and the bias deviation zero: A B^T = 0, yet B gets gradients. A's
+        values are drawn [d, in, r], as before the rank-major layout, so a seed gives the
+        model it gave then."""
         sizes, r = self.sizes, self.config.rank
         fan_ins = self.spec.layer_widths[:-1]
 
         def init(shape: tuple[int, ...], dtype: tf.DType | None = None, **_: object) -> tf.Tensor:
             columns = []
-            for layer in range(len(fan_ins)):
+            for layer, fan_in in enumerate(fan_ins):
                 a, b, bias = sizes[3 * layer: 3 * layer + 3]
                 std = 1.0 / math.sqrt(max(1, shape[0]) * r)
-                columns += [tf.random.normal([shape[0], a], stddev=std),
+                drawn = tf.random.normal([shape[0], fan_in, r], stddev=std)
+                columns += [tf.reshape(tf.transpose(drawn, [0, 2, 1]), [shape[0], a]),
                             tf.zeros([shape[0], b + bias])]
             return tf.cast(tf.concat(columns, axis=1), dtype or tf.float32)
 
