@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 TASKS = ("binary", "multiclass", "regression")
 GENERATORS = ("full", "lowrank", "film")  # trainer/hypernet/kinds.py registers each
 POOLED_GENERATORS = ("lowrank", "film")  # shared network + shrunk deviation: pooling, shared L2
+RANK_LAYERS = ("first", "all")  # "lowrank": trainer/hypernet/generator.py's RANK_LAYERS
 DISTRIBUTIONS = ("default", "multi_worker_mirrored")
 # "<column> <op> [<number> *] <column-or-number>", e.g. "tips > 0.2 * fare".
 _RULE = re.compile(
@@ -165,6 +166,9 @@ class ModelConfig:
     pooling: tuple[float, ...] | Mapping[str, tuple[float, ...]] | None = None
     shared_l2: tuple[float, ...] | Mapping[str, tuple[float, ...]] | None = None
     rank: int = 4  # generator "lowrank": the rank of each kernel's deviation
+    # generator "lowrank": the kernels with that deviation, "first" (the input layer's) or
+    # "all"; every bias deviates either way (docs/grouped-defaults.md, section 21).
+    rank_layers: str = "first"
     # After training, each categorical context value gets an output intercept in closed
     # form: its train residuals' sum / (its rows + k), k chosen on eval from these (or
     # no intercepts); [] turns it off (trainer/hypernet/intercepts.py; the grid was

@@ -31,6 +31,7 @@ from pipeline.config_sections import (  # noqa: F401 - re-exported: readers impo
     HISTORY_FILE,
     MANIFEST_FILE,
     POOLED_GENERATORS,
+    RANK_LAYERS,
     REPORT_FILE,
     RUNS_FILE,
     TASKS,
@@ -293,6 +294,9 @@ class PipelineConfig:
         self._validate_candidates()
         if m.rank < 1:
             self._fail(f"model.rank must be >= 1, got {m.rank}")
+        if m.rank_layers not in RANK_LAYERS:
+            self._fail(f"model.rank_layers must be one of {list(RANK_LAYERS)}, "
+                       f"got {m.rank_layers!r}")
         if not _non_negative_numbers(m.intercept_strengths):
             self._fail("model.intercept_strengths must be numbers >= 0 (or [] for none), "
                        f"got {list(m.intercept_strengths)!r}")

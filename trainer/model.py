@@ -107,6 +107,7 @@ def generator_config(config: PipelineConfig, pooling: float = 0.0, train_example
     m = config.model
     return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
                            head_l2=m.generator_l2, kind=kind or m.kinds[0], rank=m.rank,
+                           rank_layers=m.rank_layers,
                            shrinkage=pooling / train_examples if train_examples else 0.0,
                            shared_l2=shared_l2)
 

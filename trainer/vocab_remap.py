@@ -182,9 +182,10 @@ def _deviation_blocks(generator: PooledGenerator, remap: Remap, spec: TargetSpec
             fan_in, fan_out = spec.layer_widths[layer:layer + 2]
             old_in, old_out = old.layer_widths[layer:layer + 2]
             out_map = outs if layer == last else None
-            blocks += [((r, fan_in), (r, old_in), (None, ins if layer == 0 else None)),
-                       ((r, fan_out), (r, old_out), (None, out_map)),
-                       ((fan_out,), (old_out,), (out_map,))]
+            if layer < generator.ranked_layers:
+                blocks += [((r, fan_in), (r, old_in), (None, ins if layer == 0 else None)),
+                           ((r, fan_out), (r, old_out), (None, out_map))]
+            blocks.append(((fan_out,), (old_out,), (out_map,)))
         return blocks
     assert isinstance(generator, FilmGenerator)
     blocks += [((2 * u,), (2 * u,), (None,)) for u in spec.hidden_units]

@@ -84,6 +84,7 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(model__generator=["film", "lowrank"], model__shared_l2={"film": [0]}),
      "model.shared_l2 gives no strengths for generator ['lowrank']"),
     (with_(model__pooling=[]), "model.pooling must be one or more numbers >= 0, got ()"),
+    (with_(model__rank_layers="last"), "model.rank_layers must be one of ['first', 'all'], got 'last'"),
     (with_(model__pooling={"film": [30], "lowrank": [-1]}),
      "model.pooling.lowrank must be one or more numbers >= 0, got (-1,)"),
     (with_(model__pooling={"film": [30], "full": [3]}),

@@ -28,7 +28,7 @@ def sizes(vocab: dict[str, str]) -> tuple[int, int, int]:
 
 
 def hyper(vocab: dict[str, str], kind: str = "film", seed: int = 0, hidden: int = 8,
-          randomize: bool = False, **generator: int) -> HyperNetwork:
+          randomize: bool = False, **generator: int | str) -> HyperNetwork:
     """A small built hypernetwork over `vocab`; `randomize`: every variable random (a
     trained model: no zero-initialised deviation hides a wrong copy)."""
     context, inputs, classes = sizes(vocab)
@@ -81,13 +81,14 @@ KINDS = ["film", "lowrank", "full"]
 BINARY = {k: v for k, v in OLD.items() if k != "label"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_shared_token_keeps_its_generated_network_where_its_ids_moved(tmp_path, kind):
+@pytest.mark.parametrize(("kind", "settings"), [
+    *((k, {}) for k in KINDS), ("lowrank", {"rank_layers": "all"})])
+def test_a_shared_token_keeps_its_generated_network_where_its_ids_moved(tmp_path, kind, settings):
     """Context 'a' (id 0 -> 1), inputs remapped by token: the same target network."""
-    base = hyper(BINARY, kind, seed=1, randomize=True)
+    base = hyper(BINARY, kind, seed=1, randomize=True, **settings)
     path = save_base(tmp_path, base, BINARY)
     new_vocab = {k: v for k, v in NEW.items() if k != "label"}
-    fresh = hyper(new_vocab, kind, seed=2)
+    fresh = hyper(new_vocab, kind, seed=2, **settings)
     assert warm_start(fresh, path, write_vocab(tmp_path / "new", new_vocab), COLUMNS) is None
     rows = input_rows(BINARY, new_vocab)
     for new_id, old_id in ((ids(NEW["seg"])["a"], ids(OLD["seg"])["a"]),

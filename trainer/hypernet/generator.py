@@ -33,6 +33,7 @@ import tensorflow as tf
 from trainer.hypernet.target_spec import TargetSpec
 
 INITS = ("hyperfan_in", "default")
+RANK_LAYERS = ("first", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,10 @@ class GeneratorConfig:
     head_l2: float = 0.0
     kind: str = "full"  # a key of kinds.GENERATOR_KINDS
     rank: int = 4  # kind "lowrank": the rank of each kernel's deviation
+    # kind "lowrank": which kernels get it, "first" (the input layer's; the others' biases
+    # still deviate) or "all"; on the grouped tables "first" scored the same and its step
+    # is cheaper (docs/grouped-defaults.md, section 21).
+    rank_layers: str = "first"
     # Pooled kinds: the loss adds shrinkage * sum over contexts of |deviation|^2. As
     # lambda / N (N training examples) it is a Gaussian prior on each group's deviation.
     shrinkage: float = 0.0
@@ -72,6 +77,9 @@ class GeneratorConfig:
                              f"choose one of {sorted(GENERATOR_KINDS)}")
         if self.rank < 1:
             raise ValueError(f"generator rank must be >= 1, got {self.rank}")
+        if self.rank_layers not in RANK_LAYERS:
+            raise ValueError(f"generator rank_layers {self.rank_layers!r} unknown; "
+                             f"choose one of {RANK_LAYERS}")
         if self.shrinkage < 0:
             raise ValueError(f"generator shrinkage must be >= 0, got {self.shrinkage}")
         if self.shared_l2 < 0:

@@ -16,8 +16,8 @@ Kinds (GeneratorConfig.kind):
 - "film": per hidden unit, a scale and a shift of the shared network's pre-activation
   (FiLM; PEPNet, KDD 2023; STAR, CIKM 2021), and a per-context deviation of the output
   layer: random intercepts and slopes on the last hidden features.
-- "lowrank": every layer's kernel W0 + A(c) B(c)^T of rank `rank`, and a bias deviation
-  (APG, NeurIPS 2022).
+- "lowrank": the first layer's kernel (or every layer's: `rank_layers`) W0 + A(c) B(c)^T
+  of rank `rank`, and a deviation of every bias (APG, NeurIPS 2022).
 Both apply directly to a batch (from each example's conditioning row, never its full
 parameter set) and also emit full parameter vectors, for materialization.
 """
@@ -143,54 +143,82 @@ class FilmGenerator(PooledGenerator):
 
 
 class LowRankGenerator(PooledGenerator):
-    """Kind "lowrank": each kernel W0 + A(c) B(c)^T of rank `config.rank`, each bias b0 + d(c).
+    """Kind "lowrank": kernels W0 + A(c) B(c)^T of rank `config.rank` (the first layer's, or
+    every layer's: `config.rank_layers`), each bias b0 + d(c).
 
-    The map's columns hold each layer's A rank-major ([r, in]: row k of the map, reshaped
-    [d r, in], is K_A with no transpose), then B the same way ([r, out]), then the bias
-    deviation: the training step multiplies by them as stored. An [in, r] layout cost a
-    transpose of K_A and K_B every step, forward and backward: the step took 1.97 times
-    a plain MLP's on taxi, against 1.5 without (docs/performance.md).
+    The map's columns hold, layer by layer, A rank-major ([r, in]: row k of the map,
+    reshaped [d r, in], is K_A with no transpose), then B the same way ([r, out]), then
+    the bias deviation; a layer without a rank deviation has only the last. The training
+    step multiplies by them as stored: an [in, r] layout cost a transpose of K_A and K_B
+    every step, forward and backward (docs/performance.md, "Its transposes").
     """
 
     kernel_scope = "rank_major"  # until 2026-12-07 the blocks were [in, r], the kernel unscoped
 
+    @property
+    def ranked_layers(self) -> int:
+        """How many layers, from the input, have a rank deviation of their kernel."""
+        return 1 if self.config.rank_layers == "first" else self.spec.num_layers
+
+    def by_layer(self, items: list[Any]) -> list[tuple[Any, Any, Any]]:
+        """A flat per-part list (sizes, parts, kernel slices) as (A, B, bias) per layer;
+        A and B None where the layer's kernel has no deviation."""
+        grouped, i = [], 0
+        for layer in range(self.spec.num_layers):
+            if layer < self.ranked_layers:
+                grouped.append((items[i], items[i + 1], items[i + 2]))
+                i += 3
+            else:
+                grouped.append((None, None, items[i]))
+                i += 1
+        return grouped
+
     def deviation_sizes(self) -> list[int]:
-        r, widths = self.config.rank, self.spec.layer_widths
-        return [n for fan_in, fan_out in zip(widths[:-1], widths[1:])
-                for n in (r * fan_in, r * fan_out, fan_out)]
+        r, widths, sizes = self.config.rank, self.spec.layer_widths, []
+        for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            sizes += [r * fan_in, r * fan_out, fan_out] if layer < self.ranked_layers else [fan_out]
+        return sizes
 
     def deviation_initializer(self) -> Any:
         """A random, B and the bias deviation zero: A B^T = 0, yet B gets gradients. A's
         values are drawn [d, in, r], as before the rank-major layout, so a seed gives the
         model it gave then."""
-        sizes, r = self.sizes, self.config.rank
-        fan_ins = self.spec.layer_widths[:-1]
+        r, fan_ins = self.config.rank, self.spec.layer_widths[:-1]
 
         def init(shape: tuple[int, ...], dtype: tf.DType | None = None, **_: object) -> tf.Tensor:
             columns = []
-            for layer, fan_in in enumerate(fan_ins):
-                a, b, bias = sizes[3 * layer: 3 * layer + 3]
-                std = 1.0 / math.sqrt(max(1, shape[0]) * r)
-                drawn = tf.random.normal([shape[0], fan_in, r], stddev=std)
-                columns += [tf.reshape(tf.transpose(drawn, [0, 2, 1]), [shape[0], a]),
-                            tf.zeros([shape[0], b + bias])]
+            for fan_in, (a, b, bias) in zip(fan_ins, self.by_layer(self.sizes)):
+                if a is not None:
+                    std = 1.0 / math.sqrt(max(1, shape[0]) * r)
+                    drawn = tf.random.normal([shape[0], fan_in, r], stddev=std)
+                    columns += [tf.reshape(tf.transpose(drawn, [0, 2, 1]), [shape[0], a])]
+                columns.append(tf.zeros([shape[0], (b or 0) + bias]))
             return tf.cast(tf.concat(columns, axis=1), dtype or tf.float32)
 
         return init
 
-    def factors(self, parts: list[tf.Tensor], layer: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(A [U, r, in], B [U, r, out], bias deviation [U, out]) of one layer, rank-major."""
+    def factors(self, parts: list[tf.Tensor], layer: int
+                ) -> tuple[tf.Tensor | None, tf.Tensor | None, tf.Tensor]:
+        """(A [U, r, in], B [U, r, out], bias deviation [U, out]) of one layer, rank-major;
+        A and B None where its kernel has no deviation."""
         fan_in, fan_out = self.spec.layer_widths[layer], self.spec.layer_widths[layer + 1]
-        a, b, bias = parts[3 * layer: 3 * layer + 3]
+        a, b, bias = self.by_layer(parts)[layer]
+        if a is None:
+            return None, None, bias
         r = self.config.rank
         return tf.reshape(a, [-1, r, fan_in]), tf.reshape(b, [-1, r, fan_out]), bias
 
     def call(self, conditioning: tf.Tensor) -> tf.Tensor:
         parts, flat = self.parts(conditioning), []
+        rows = tf.shape(conditioning)[0]
         for layer in range(self.spec.num_layers):
             a, b, d_bias = self.factors(parts, layer)
-            kernel = self.shared[2 * layer][None] + tf.einsum("uri,uro->uio", a, b)
-            flat.append(tf.reshape(kernel, [tf.shape(kernel)[0], -1]))
+            kernel = self.shared[2 * layer]
+            if a is None:
+                flat.append(tf.tile(tf.reshape(kernel, [1, -1]), [rows, 1]))
+            else:
+                kernel = kernel[None] + tf.einsum("uri,uro->uio", a, b)
+                flat.append(tf.reshape(kernel, [rows, -1]))
             flat.append(self.shared[2 * layer + 1][None] + d_bias)
         return tf.concat(flat, axis=-1)
 
@@ -205,15 +233,13 @@ class LowRankGenerator(PooledGenerator):
         e = tf.gather(conditioning, index)  # [B, d]
         d, batch = conditioning.shape[-1], tf.shape(x)[0]  # d may be 0 (static): no -1 in a reshape
         kernels = tf.split(self._deviation_kernel(conditioning), self.sizes, axis=1)
-        for layer in range(s.num_layers):
+        for layer, (k_a, k_b, k_bias) in enumerate(self.by_layer(kernels)):
             fan_in, fan_out = s.layer_widths[layer], s.layer_widths[layer + 1]
-            k_a, k_b, k_bias = kernels[3 * layer: 3 * layer + 3]
-            projected = tf.matmul(h, tf.reshape(k_a, [d * r, fan_in]), transpose_b=True)
-            h_a = tf.reduce_sum(tf.reshape(projected, [batch, d, r]) * e[:, :, None], axis=1)
-            low = tf.matmul(tf.reshape(e[:, :, None] * h_a[:, None, :], [batch, d * r]),
-                            tf.reshape(k_b, [d * r, fan_out]))
-            h = (tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1] + low
-                 + tf.matmul(e, k_bias))
-            if layer < s.num_layers - 1:
-                h = activation(s.activation)(h)
+            z = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1] + tf.matmul(e, k_bias)
+            if k_a is not None:
+                projected = tf.matmul(h, tf.reshape(k_a, [d * r, fan_in]), transpose_b=True)
+                h_a = tf.reduce_sum(tf.reshape(projected, [batch, d, r]) * e[:, :, None], axis=1)
+                z += tf.matmul(tf.reshape(e[:, :, None] * h_a[:, None, :], [batch, d * r]),
+                               tf.reshape(k_b, [d * r, fan_out]))
+            h = activation(s.activation)(z) if layer < s.num_layers - 1 else z
         return h if return_logits else activation(s.head)(h)

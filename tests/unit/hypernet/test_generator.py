@@ -32,6 +32,14 @@ def test_full_is_the_library_default_and_every_kind_is_registered():
     assert sorted(GENERATOR_KINDS) == sorted(GENERATORS)  # the config offers exactly these
 
 
+def test_the_config_offers_exactly_the_librarys_rank_layers():
+    from pipeline.configs import RANK_LAYERS as CONFIG_RANK_LAYERS
+    from trainer.hypernet.generator import RANK_LAYERS
+
+    assert CONFIG_RANK_LAYERS == RANK_LAYERS
+    assert GeneratorConfig().rank_layers in RANK_LAYERS
+
+
 def test_make_generator_unknown_kind_names_it_and_the_known_ones():
     with pytest.raises(ValueError) as err:
         make_generator("hyperlowrank", TargetSpec(3, (4,), 1), GeneratorConfig())
@@ -51,6 +59,7 @@ def test_config_unknown_kind_names_it_and_the_known_ones():
     ({"chunk_size": -1}, "chunk_size must be >= 0"),
     ({"init": "xavier"}, "init 'xavier' unknown"),
     ({"head_l2": -0.1}, "head_l2 must be >= 0"),
+    ({"rank_layers": "last"}, r"rank_layers 'last' unknown; choose one of \('first', 'all'\)"),
 ])
 def test_bad_config(kwargs, needle):
     with pytest.raises(ValueError, match=needle):

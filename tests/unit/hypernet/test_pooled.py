@@ -13,8 +13,14 @@ from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.target_spec import TargetSpec
 
-KINDS = ("film", "lowrank")
+KINDS = ("film", "lowrank", "lowrank_all")  # lowrank_all: a rank deviation on every kernel
 WITH_OOV = ContextSpec(categorical={"cat": 5}, oov_ids={"cat": 4})
+
+
+def generator_config(kind: str, **settings: object) -> GeneratorConfig:
+    if kind == "lowrank_all":
+        return GeneratorConfig(kind="lowrank", rank_layers="all", **settings)
+    return GeneratorConfig(kind=kind, **settings)
 
 
 def build(kind: str, context: ContextSpec, head: str = "sigmoid", shrinkage: float = 0.0,
@@ -22,8 +28,8 @@ def build(kind: str, context: ContextSpec, head: str = "sigmoid", shrinkage: flo
     output_dim, activation = HEADS[head]
     spec = TargetSpec(5, (6, 4), output_dim, activation=activation, head=head)
     tf.keras.utils.set_random_seed(seed)
-    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, rank=2, shrinkage=shrinkage,
-                                                        shared_l2=shared_l2))
+    model = HyperNetwork(spec, context, generator_config(kind, rank=2, shrinkage=shrinkage,
+                                                         shared_l2=shared_l2))
     model(batch(context, spec.input_dim))
     if perturbed:
         perturb(model, seed)
@@ -77,7 +83,7 @@ def test_at_init_every_context_is_the_he_initialised_shared_network(kind):
     context = ContextSpec(categorical={"cat": 3})
     spec = TargetSpec(400, (300,), 1)
     tf.keras.utils.set_random_seed(5)
-    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, rank=2))
+    model = HyperNetwork(spec, context, generator_config(kind, rank=2))
     weights = [model.generated_weights({"cat": c}) for c in range(3)]
     for w in weights[1:]:
         for a, b in zip(w, weights[0]):
@@ -86,6 +92,18 @@ def test_at_init_every_context_is_the_he_initialised_shared_network(kind):
     assert kernel.var() == pytest.approx(2.0 / 400, rel=0.05)  # He: relu gain 2 / fan_in
     assert out_kernel.var() == pytest.approx(1.0 / 300, rel=0.2)  # LeCun at the head
     assert np.all(bias == 0)
+
+
+@pytest.mark.parametrize(("kind", "deviating"), [("lowrank", [0]), ("lowrank_all", [0, 1, 2])])
+def test_rank_layers_choose_the_kernels_that_deviate_every_bias_does(kind, deviating):
+    model = build(kind, WITH_OOV)  # perturbed: every deviation non-zero
+    one, other = model.generated_weights({"cat": 1}), model.generated_weights({"cat": 2})
+    kernels, biases = list(zip(one, other))[0::2], list(zip(one, other))[1::2]
+    assert [i for i, (a, b) in enumerate(kernels) if not np.allclose(a, b)] == deviating
+    assert not any(np.allclose(a, b) for a, b in biases)
+    spec, sizes = model.target, model.generator.sizes
+    ranked = sum(2 * (spec.layer_widths[i] + spec.layer_widths[i + 1]) for i in deviating)
+    assert sum(sizes) == ranked + sum(spec.layer_widths[1:])  # rank 2: r * (in + out) each
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -166,7 +184,7 @@ def test_a_regression_scale_and_shift_reach_the_materialized_network(kind):
     context = CONTEXTS["categorical"]
     spec = TargetSpec(5, (6, 4), 1, head="linear")
     tf.keras.utils.set_random_seed(0)
-    model = HyperNetwork(spec, context, GeneratorConfig(kind=kind, trunk_units=(8,)))
+    model = HyperNetwork(spec, context, generator_config(kind, trunk_units=(8,)))
     inputs = batch(context, 5)
     before = model(inputs).numpy()
     model.set_output_affine(12.5, -3.0)
