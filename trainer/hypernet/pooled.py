@@ -226,9 +226,10 @@ class LowRankGenerator(PooledGenerator):
                      return_logits: bool = False) -> tf.Tensor:
         """Each example's A(c) and B(c) are never formed. With e its conditioning row and
         K the map's kernel, h A(c) = sum_k e_k (h K_A[k]) is one [B, in] x [in, d r]
-        product, and (h A(c)) B(c)^T = (e (x) h A(c)) K_B one [B, d r] x [d r, out]: the
-        per-example [B, in, r] and [B, out, r] tensors (and their gradients) cost taxi's
-        lowrank step about a quarter of its time."""
+        product (K_A stored [d r, in], transposed inside the multiply), and
+        (h A(c)) B(c)^T = (e (x) h A(c)) K_B one [B, d r] x [d r, out]: the per-example
+        [B, in, r] and [B, out, r] tensors (and their gradients) cost taxi's lowrank step
+        about a quarter of its time. A layer without a rank deviation adds only e K_bias."""
         s, r, h = self.spec, self.config.rank, x
         e = tf.gather(conditioning, index)  # [B, d]
         d, batch = conditioning.shape[-1], tf.shape(x)[0]  # d may be 0 (static): no -1 in a reshape
