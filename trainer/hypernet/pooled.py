@@ -197,28 +197,19 @@ class LowRankGenerator(PooledGenerator):
 
         return init
 
-    def factors(self, parts: list[tf.Tensor], layer: int
-                ) -> tuple[tf.Tensor | None, tf.Tensor | None, tf.Tensor]:
-        """(A [U, r, in], B [U, r, out], bias deviation [U, out]) of one layer, rank-major;
-        A and B None where its kernel has no deviation."""
-        fan_in, fan_out = self.spec.layer_widths[layer], self.spec.layer_widths[layer + 1]
-        a, b, bias = self.by_layer(parts)[layer]
-        if a is None:
-            return None, None, bias
-        r = self.config.rank
-        return tf.reshape(a, [-1, r, fan_in]), tf.reshape(b, [-1, r, fan_out]), bias
-
     def call(self, conditioning: tf.Tensor) -> tf.Tensor:
-        parts, flat = self.parts(conditioning), []
+        """Flat parameters [U, num_params]: each kernel W0 + A B^T (A [U, r, in] and
+        B [U, r, out], rank-major) or W0 where it has no deviation; each bias b0 + d."""
+        r, widths, flat = self.config.rank, self.spec.layer_widths, []
         rows = tf.shape(conditioning)[0]
-        for layer in range(self.spec.num_layers):
-            a, b, d_bias = self.factors(parts, layer)
+        for layer, (a, b, d_bias) in enumerate(self.by_layer(self.parts(conditioning))):
             kernel = self.shared[2 * layer]
             if a is None:
                 flat.append(tf.tile(tf.reshape(kernel, [1, -1]), [rows, 1]))
             else:
-                kernel = kernel[None] + tf.einsum("uri,uro->uio", a, b)
-                flat.append(tf.reshape(kernel, [rows, -1]))
+                a = tf.reshape(a, [-1, r, widths[layer]])
+                b = tf.reshape(b, [-1, r, widths[layer + 1]])
+                flat.append(tf.reshape(kernel[None] + tf.einsum("uri,uro->uio", a, b), [rows, -1]))
             flat.append(self.shared[2 * layer + 1][None] + d_bias)
         return tf.concat(flat, axis=-1)
 
