@@ -208,6 +208,7 @@ def run_hypernet(table: Table, seed: int, model_settings: dict[str, Any] | None 
     check_same_rows(table, labels)
     return {**gd.score(table.spec, labels, preds), **history_facts(history),
             "pooling": history["pooling"][0], "shared_l2": history["shared_l2"][0],
+            "shift_pooling": history["shift_pooling"][0],
             "generator": history["generator"][0],
             "intercept_strength": history["intercept_strength"][0],
             "eval_loss_with_intercepts": round(history["eval_loss_with_intercepts"][0], 6),

@@ -204,7 +204,8 @@ def main() -> None:
     hyper = HyperNetwork(target, context,
                          generator_config(config, candidate.pooling, train_examples(config, args.csv),
                                           kind=candidate.generator,
-                                          shared_l2=candidate.shared_l2),
+                                          shared_l2=candidate.shared_l2,
+                                          shift_pooling=candidate.shift_pooling),
                          name="hypernetwork")
     plain = build_target_model(target, name="plain_mlp")
     for model, batch in ((hyper, hyper_batches[0]), (plain, plain_batches[0])):
@@ -232,6 +233,7 @@ def main() -> None:
         "generator_kind": hyper.generator_config.kind,
         "pooling": candidate.pooling,
         "shared_l2": candidate.shared_l2,
+        "shift_pooling": candidate.shift_pooling,
         "batch": args.batch,
         "plain_ms": round(plain_med, 3),
         "hyper_ms": round(hyper_med, 3),

@@ -225,10 +225,16 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """One model the Trainer fits: generator kind, pooling strength, shared L2 (the last
-    two in units of the standardised label; both 0 for the unpooled kind "full")."""
+    two in units of the standardised label; both 0 for the unpooled kind "full").
+
+    `shift_pooling` (pooled kinds; None: none): each categorical context value also shifts
+    the first hidden layer's pre-activation by a free vector of its own, as a one-hot
+    context input shifts a plain MLP's, under the prior shift_pooling / N * |shift|^2
+    (docs/grouped-defaults.md, section 22)."""
     generator: str
     pooling: float = 0.0
     shared_l2: float = 0.0
+    shift_pooling: float | None = None
 
 
 # Three models, one kept on eval: film unregularised (kept where contexts are few and

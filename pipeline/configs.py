@@ -213,14 +213,18 @@ class PipelineConfig:
             if not _non_negative_numbers([c.pooling, c.shared_l2]):
                 self._fail(f"{where}: pooling and shared_l2 must be numbers >= 0, got "
                            f"{c.pooling!r} and {c.shared_l2!r}")
-            if c.generator not in POOLED_GENERATORS and (c.pooling or c.shared_l2):
+            if c.shift_pooling is not None and not _non_negative_numbers([c.shift_pooling]):
+                self._fail(f"{where}: shift_pooling must be a number >= 0 (or null for no "
+                           f"context shift), got {c.shift_pooling!r}")
+            if c.generator not in POOLED_GENERATORS and (
+                    c.pooling or c.shared_l2 or c.shift_pooling is not None):
                 self._fail(f"{where}: generator {c.generator!r} pools nothing; drop its "
-                           f"pooling and shared_l2")
+                           f"pooling, shared_l2 and shift_pooling")
         models = m.candidate_models()
         if len(set(models)) < len(models):
             listed = [dataclasses.astuple(c) for c in models]
             self._fail(f"model gives the same candidate twice (generator, pooling, "
-                       f"shared_l2): {listed}")
+                       f"shared_l2, shift_pooling): {listed}")
 
     def _validate_gate_bounds(self) -> None:
         """A bound must point the metric's way: AUC >= x, MSE <= x; never the reverse."""

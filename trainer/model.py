@@ -99,17 +99,22 @@ def context_spec(config: PipelineConfig, layout: ModelLayout) -> ContextSpec:
 
 
 def generator_config(config: PipelineConfig, pooling: float = 0.0, train_examples: int = 0,
-                     kind: str | None = None, shared_l2: float = 0.0) -> GeneratorConfig:
+                     kind: str | None = None, shared_l2: float = 0.0,
+                     shift_pooling: float | None = None) -> GeneratorConfig:
     """The library's generator settings; shrinkage = pooling / N, a prior on each group's
-    deviation in units of the mean training loss (0 when N is unknown: inference only).
-    `kind`: one of the candidates' kinds (default the first's); `shared_l2`: a candidate's,
-    already in the loss's units."""
+    deviation in units of the mean training loss (0 when N is unknown: inference only),
+    and the context shifts' prior shift_pooling / N (None: no shifts). `kind`: one of the
+    candidates' kinds (default the first's); `shared_l2`: a candidate's, already in the
+    loss's units, as pooling and shift_pooling are."""
     m = config.model
+
+    def per_example(strength: float) -> float:
+        return strength / train_examples if train_examples else 0.0
     return GeneratorConfig(tuple(m.generator_units), m.chunk_size, m.chunk_embedding_dim,
                            head_l2=m.generator_l2, kind=kind or m.kinds[0], rank=m.rank,
-                           rank_layers=m.rank_layers,
-                           shrinkage=pooling / train_examples if train_examples else 0.0,
-                           shared_l2=shared_l2)
+                           rank_layers=m.rank_layers, shrinkage=per_example(pooling),
+                           shared_l2=shared_l2, context_shift=shift_pooling is not None,
+                           shift_shrinkage=per_example(shift_pooling or 0.0))
 
 
 class FeatureAssembler(tf.keras.layers.Layer):
@@ -142,14 +147,14 @@ class ConfiguredHyperModel(GraphModel):
 
     def __init__(self, config: PipelineConfig, layout: ModelLayout, pooling: float = 0.0,
                  train_examples: int = 0, kind: str | None = None, shared_l2: float = 0.0,
-                 **kwargs: Any):
+                 shift_pooling: float | None = None, **kwargs: Any):
         require_legacy_keras()
         super().__init__(**kwargs)
         self.context_names = list(config.context)
         self.assembler = FeatureAssembler(config, layout, name="feature_assembler")
         self.hyper = HyperNetwork(target_spec(config, layout), context_spec(config, layout),
                                   generator_config(config, pooling, train_examples, kind,
-                                                   shared_l2),
+                                                   shared_l2, shift_pooling),
                                   name="hypernetwork")
 
     def set_output_affine(self, scale: float, shift: float) -> None:

@@ -46,16 +46,20 @@ def load_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     spec = serving_feature_spec(config, tft_output)
     empty = tf.train.Example().SerializeToString()
     reasons = []
-    # The Trainer kept one of the candidates' generator kinds: the one whose variables match.
-    for kind in config.model.kinds:
-        model = ConfiguredHyperModel(config, layout, kind=kind, name="hyper_model")
+    # The Trainer kept one of the candidates: the kind (with or without context shifts)
+    # whose variables match.
+    forms = dict.fromkeys((c.generator, c.shift_pooling is not None)
+                          for c in config.model.candidate_models())
+    for kind, shifts in forms:
+        model = ConfiguredHyperModel(config, layout, kind=kind, name="hyper_model",
+                                     shift_pooling=0.0 if shifts else None)
         # Create the variables as training did (same names): one empty example, transformed.
         model(tft_output.transform_features_layer()(
             tf.io.parse_example(tf.constant([empty]), spec)))
         reason = copy_hypernetwork_weights(model.hyper, model_dir, with_fitted=True)
         if reason is None:
             return model
-        reasons.append(f"{kind}: {reason}")
+        reasons.append(f"{kind}{' with context shifts' if shifts else ''}: {reason}")
     raise ValueError(f"cannot rebuild the hypernetwork from {model_dir}: {'; '.join(reasons)}")
 
 

@@ -27,6 +27,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from pipeline.configs import (
     HISTORY_FILE,
     TRANSFORM_SIGNATURE,
+    Candidate,
     ModelConfig,
     PipelineConfig,
     deserialize,
@@ -253,14 +254,13 @@ def run_fn(fn_args: FnArgs) -> None:
         launcher.await_chief_export(fn_args.serving_model_dir)
 
 
-def model_candidates(m: ModelConfig, anchor: bool = False) -> list[tuple[str, float, float]]:
-    """(generator kind, pooling, shared L2) of every model the Trainer fits, in the
-    config's order (ModelConfig.candidate_models). An anchor (a benchmark's reference
-    model) has no generator: one fit, no pooling."""
+def model_candidates(m: ModelConfig, anchor: bool = False) -> list[Candidate]:
+    """Every model the Trainer fits, in the config's order (ModelConfig.candidate_models).
+    An anchor (a benchmark's reference model) has no generator: one fit, no pooling."""
     models = m.candidate_models()
     if anchor:
-        return [(models[0].generator, 0.0, 0.0)]
-    return [(c.generator, float(c.pooling), float(c.shared_l2)) for c in models]
+        return [Candidate(models[0].generator)]
+    return list(models)
 
 
 def build_for_training(model: tf.keras.Model, element_spec: Any) -> None:
@@ -309,21 +309,24 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
     # the L2 are in those units too (the loss is in the label's: both scale with its variance).
     loss_scale = stats.loss_scale(config.label.task)
 
-    def make(kind: str, pooling: float, l2: float, examples: int) -> tf.keras.Model:
+    def make(c: Candidate) -> tf.keras.Model:
+        """The candidate, its strengths in the loss's units."""
         if build is not None:
             return build(loss_scale)
-        return ConfiguredHyperModel(config, layout, pooling, examples, kind, l2,
+        shift = None if c.shift_pooling is None else c.shift_pooling * loss_scale
+        return ConfiguredHyperModel(config, layout, c.pooling * loss_scale, train_examples,
+                                    c.generator, c.shared_l2 * loss_scale, shift,
                                     name="hyper_model")
     train_scoring = scoring_dataset(train_files, tft_output, config)  # each candidate's intercepts
     best: tuple[float, tf.keras.Model, dict[str, list[float]]] | None = None
-    for kind, pooling, l2 in candidates:
+    for candidate in candidates:
         tf.keras.utils.set_random_seed(config.training.seed)
         # A new input pipeline per candidate: a shared one's shuffle state would carry over
         # as far as its prefetching read ahead (timing-dependent), and each candidate would
         # see another order from run to run.
         train_ds = make_dataset(train_files, tft_output, config)
         with strategy.scope():  # variables (model, optimizer, metrics) mirrored across workers
-            model = make(kind, pooling * loss_scale, l2 * loss_scale, train_examples)
+            model = make(candidate)
             if regression:
                 model.set_output_affine(math.sqrt(loss_scale), stats.mean)
             compile_model(model, config)
@@ -339,12 +342,14 @@ def fit_hypernetwork(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                                        train_scoring, eval_ds)
             history["intercept_strength"] = [fit.strength if fit else None]
             score = fit.eval_losses[fit.strength] if fit else score
-        logging.info("generator %s, pooling %s, shared L2 %s: eval %s %.6f with intercepts "
-                     "(best epoch %.6f)", kind, pooling, l2, DATA_LOSS, score,
+        logging.info("generator %s, pooling %s, shared L2 %s, shift pooling %s: eval %s %.6f "
+                     "with intercepts (best epoch %.6f)", candidate.generator, candidate.pooling,
+                     candidate.shared_l2, candidate.shift_pooling, DATA_LOSS, score,
                      min(history[f"val_{DATA_LOSS}"]))
-        history["pooling"] = [float(pooling)]
-        history["shared_l2"] = [float(l2)]
-        history["generator"] = [kind]
+        history["pooling"] = [float(candidate.pooling)]
+        history["shared_l2"] = [float(candidate.shared_l2)]
+        history["shift_pooling"] = [candidate.shift_pooling]
+        history["generator"] = [candidate.generator]
         history["eval_loss_with_intercepts"] = [float(score)]
         if best is None or score < best[0]:
             best = (score, model, history)

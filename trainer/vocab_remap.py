@@ -229,9 +229,13 @@ def variable_remaps(hyper: tf.keras.Model, remap: Remap) -> dict[int, VariableRe
         width = int(table.shape[1])
         out[id(table)] = VariableRemap(0, [((len(vocab.source), width), (vocab.old_size, width),
                                             (vocab.source, None))])
+    for name, table in hyper.shifts.items():  # [vocab, first hidden width]
+        rows, old_rows = _context_rows(remap, name, table)
+        old_width = old.hidden_units[0] if old.hidden_units else 0
+        out[id(table)] = VariableRemap(0, [((len(rows), int(table.shape[1])),
+                                            (old_rows, old_width), (rows, None))])
     for name, table in hyper.intercepts.items():  # [vocab, output_dim], like the embedding
-        rows = remap.context[name].source if name in remap.context else identity(table.shape[0])
-        old_rows = remap.context[name].old_size if name in remap.context else table.shape[0]
+        rows, old_rows = _context_rows(remap, name, table)
         out[id(table)] = VariableRemap(0, [((len(rows), spec.output_dim),
                                             (old_rows, old.output_dim), (rows, remap.outputs))])
     generator = hyper.generator
@@ -256,6 +260,14 @@ def variable_remaps(hyper: tf.keras.Model, remap: Remap) -> dict[int, VariableRe
         return (f"the {type(generator).__name__}'s weights cannot be remapped to new "
                 "vocabularies")
     return {k: how for k, how in out.items() if not _is_copy(how)}
+
+
+def _context_rows(remap: Remap, name: str, table: tf.Variable) -> tuple[npt.NDArray[Any], int]:
+    """A context-indexed table's old row per new row, and the old row count (unchanged
+    where the context's vocabulary is)."""
+    if name in remap.context:
+        return remap.context[name].source, remap.context[name].old_size
+    return identity(table.shape[0]), int(table.shape[0])
 
 
 def _is_copy(how: VariableRemap) -> bool:

@@ -85,6 +85,14 @@ def test_round_trip_through_custom_config(tmp_path):
      "model.shared_l2 gives no strengths for generator ['lowrank']"),
     (with_(model__pooling=[]), "model.pooling must be one or more numbers >= 0, got ()"),
     (with_(model__rank_layers="last"), "model.rank_layers must be one of ['first', 'all'], got 'last'"),
+    (with_(model__candidates=[{"generator": "lowrank", "pooling": 30, "shift_pooling": -3}]),
+     "model.candidates[0]: shift_pooling must be a number >= 0 (or null for no context "
+     "shift), got -3"),
+    (with_(model__candidates=[{"generator": "film", "shift_pooling": "weak"}]),
+     "got 'weak'"),
+    (with_(model__candidates=[{"generator": "full", "shift_pooling": 3}]),
+     "model.candidates[0]: generator 'full' pools nothing; drop its pooling, shared_l2 and "
+     "shift_pooling"),
     (with_(model__pooling={"film": [30], "lowrank": [-1]}),
      "model.pooling.lowrank must be one or more numbers >= 0, got (-1,)"),
     (with_(model__pooling={"film": [30], "full": [3]}),
@@ -104,8 +112,8 @@ def test_round_trip_through_custom_config(tmp_path):
     (with_(model__candidates=[{"generator": "film", "polling": 30}]),
      "model: candidates[0]: unknown key(s) ['polling']"),
     (with_(model__candidates=[{"generator": "film", "pooling": 30}] * 2),
-     "model gives the same candidate twice (generator, pooling, shared_l2): "
-     "[('film', 30, 0.0), ('film', 30, 0.0)]"),
+     "model gives the same candidate twice (generator, pooling, shared_l2, shift_pooling): "
+     "[('film', 30, 0.0, None), ('film', 30, 0.0, None)]"),
     (with_(model__pooling=[30, 30]), "model gives the same candidate twice"),
     (with_(training__lr_plateau_factor=0), "training.lr_plateau_factor must be in (0, 1]"),
     (with_(training__lr_plateau_patience=0), "training.lr_plateau_patience must be >= 1"),

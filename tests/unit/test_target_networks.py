@@ -14,13 +14,16 @@ from pipeline import configs
 from pipeline.configs import WEIGHTS_FILE
 from tests.support import to_example
 from trainer.features import SHARED_VOCAB, transformed_name
+from trainer.model import ConfiguredHyperModel, ModelLayout
 from trainer.target_export import (
     OOV,
     _by_rank_sum,
     context_values,
     export_target_networks,
+    load_hypernetwork,
     select_contexts,
 )
+from trainer.task import export
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,31 @@ def test_numeric_context_needs_listed_values():
     with pytest.raises(configs.ConfigError, match="'company', not a context feature"):
         dataclasses.replace(base, target_networks=configs.TargetNetworksConfig(
             context_values={"company": ["x"]}))
+
+
+def test_a_kept_candidate_with_context_shifts_is_rebuilt_with_them(taxi, tmp_path):
+    """The Trainer may keep a candidate with context shifts: the rebuild tries each listed
+    kind with and without them, and a context's generated weights (its shift in the first
+    bias) come back the same."""
+    config, _, _, tft_output = taxi
+    listed = (configs.Candidate("film", 30.0), configs.Candidate("lowrank", 30.0, 0.003, 3.0))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, candidates=listed))
+    model = ConfiguredHyperModel(config, ModelLayout.from_transform(config, tft_output), 30.0, 100,
+                                 "lowrank", 0.003, 3.0, name="hyper_model")
+    empty = tf.io.parse_example(tf.constant([tf.train.Example().SerializeToString()]),
+                                tft_output.raw_feature_spec())
+    model(tft_output.transform_features_layer()(empty))  # built as training builds it
+    [table] = model.hyper.shifts.values()
+    table.assign(tf.random.normal(table.shape))
+    path = str(tmp_path / "model")
+    export(model, config, tft_output, path)
+    rebuilt = load_hypernetwork(config, tft_output, path)
+    assert rebuilt.hyper.generator_config.kind == "lowrank" and rebuilt.hyper.shifts
+    np.testing.assert_array_equal(next(iter(rebuilt.hyper.shifts.values())).numpy(), table.numpy())
+    context = {config.context[0]: 1}
+    for a, b in zip(rebuilt.hyper.generated_weights(context), model.hyper.generated_weights(context)):
+        np.testing.assert_array_equal(a, b)
+    without = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                   candidates=listed[:1]))
+    with pytest.raises(ValueError, match="cannot rebuild the hypernetwork"):
+        load_hypernetwork(without, tft_output, path)

@@ -12,7 +12,16 @@ from pipeline import configs
 from tests.support import transform
 from trainer.hypernet.kinds import GENERATOR_KINDS
 from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.task import model_candidates
+from trainer.task import model_candidates as fitted_candidates
+
+
+def model_candidates(m: configs.ModelConfig, anchor: bool = False) -> list[tuple]:
+    """The Trainer's candidates as (generator, pooling, shared L2) triples; a listed
+    candidate's shift_pooling is checked where it is given."""
+    fitted = fitted_candidates(m, anchor)
+    listed = {c for c in m.candidates if c.shift_pooling is not None}
+    assert all(c.shift_pooling is None or c in listed for c in fitted)
+    return [(c.generator, c.pooling, c.shared_l2) for c in fitted]
 
 
 def test_every_kind_pooling_and_shared_l2_combination_is_a_candidate():
@@ -42,10 +51,11 @@ def test_the_default_is_the_listed_candidates_and_a_grid_field_replaces_the_list
 
 def test_listed_candidates_are_fitted_as_listed_in_order_and_pairings_need_not_cross():
     listed = (configs.Candidate("lowrank", 300.0, 0.01), configs.Candidate("film", 30.0),
-              configs.Candidate("lowrank", 30.0, 0.003), configs.Candidate("full"))
+              configs.Candidate("lowrank", 30.0, 0.003, 3.0), configs.Candidate("full"))
     m = configs.ModelConfig(candidates=listed)
     assert model_candidates(m) == [("lowrank", 300.0, 0.01), ("film", 30.0, 0.0),
                                    ("lowrank", 30.0, 0.003), ("full", 0.0, 0.0)]
+    assert [c.shift_pooling for c in fitted_candidates(m)] == [None, None, 3.0, None]
     assert m.kinds == ("lowrank", "film", "full")
     assert model_candidates(m, anchor=True) == [("lowrank", 0.0, 0.0)]
 

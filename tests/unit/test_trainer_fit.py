@@ -110,10 +110,11 @@ def test_each_candidate_traces_its_train_step_once_and_trains_as_fit_alone_would
 
 
 def test_the_trainer_fits_the_listed_candidates_in_their_order(taxi, splits, monkeypatch):
-    """model.candidates reaches the Trainer as listed: each (kind, pooling, shared L2) is
-    one fit, pooling as the prior's weight per training row, and one of them is kept."""
+    """model.candidates reaches the Trainer as listed: each (kind, pooling, shared L2, shift
+    pooling) is one fit, pooling (and shift pooling) as the prior's weight per training row,
+    and one of them is kept."""
     config, _, _, tft_output = taxi
-    listed = (configs.Candidate("lowrank", 300.0, 0.01), configs.Candidate("film", 10.0))
+    listed = (configs.Candidate("lowrank", 300.0, 0.01, 3.0), configs.Candidate("film", 10.0))
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, candidates=listed, intercept_strengths=()),
         training=dataclasses.replace(config.training, batch_size=32, epochs=1, train_steps=4,
@@ -122,15 +123,17 @@ def test_the_trainer_fits_the_listed_candidates_in_their_order(taxi, splits, mon
 
     def recording_train(model: tf.keras.Model, *args: object, **kwargs: object) -> dict:
         g = model.hyper.generator_config
-        fitted.append((g.kind, g.shrinkage, g.shared_l2))
+        fitted.append((g.kind, g.shrinkage, g.shared_l2, g.context_shift, g.shift_shrinkage))
         return train(model, *args, **kwargs)
 
     monkeypatch.setattr(task, "train", recording_train)
     _, history = fit_hypernetwork(config, tft_output, splits[0], splits[1])
     rows = label_stats(splits[0], tft_output, config).count  # binary: penalties unscaled
-    assert fitted == [("lowrank", pytest.approx(300.0 / rows), pytest.approx(0.01)),
-                      ("film", pytest.approx(10.0 / rows), 0.0)]
-    kept = (history["generator"][0], history["pooling"][0], history["shared_l2"][0])
+    assert fitted == [("lowrank", pytest.approx(300.0 / rows), pytest.approx(0.01), True,
+                       pytest.approx(3.0 / rows)),
+                      ("film", pytest.approx(10.0 / rows), 0.0, False, 0.0)]
+    kept = (history["generator"][0], history["pooling"][0], history["shared_l2"][0],
+            history["shift_pooling"][0])
     assert kept in [dataclasses.astuple(c) for c in listed]
 
 

@@ -82,9 +82,11 @@ BINARY = {k: v for k, v in OLD.items() if k != "label"}
 
 
 @pytest.mark.parametrize(("kind", "settings"), [
-    *((k, {}) for k in KINDS), ("lowrank", {"rank_layers": "all"})])
+    *((k, {}) for k in KINDS), ("lowrank", {"rank_layers": "all"}),
+    ("film", {"context_shift": True}), ("lowrank", {"context_shift": True})])
 def test_a_shared_token_keeps_its_generated_network_where_its_ids_moved(tmp_path, kind, settings):
-    """Context 'a' (id 0 -> 1), inputs remapped by token: the same target network."""
+    """Context 'a' (id 0 -> 1), inputs remapped by token: the same target network (its
+    context shift, in the first bias, included)."""
     base = hyper(BINARY, kind, seed=1, randomize=True, **settings)
     path = save_base(tmp_path, base, BINARY)
     new_vocab = {k: v for k, v in NEW.items() if k != "label"}

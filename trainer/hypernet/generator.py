@@ -59,6 +59,12 @@ class GeneratorConfig:
     # Pooled kinds: L2 on the shared network's kernels (weight decay of what every context
     # shares; the deviation keeps its own prior, `shrinkage`).
     shared_l2: float = 0.0
+    # Pooled kinds: each categorical context value also shifts the first hidden layer's
+    # pre-activation by a free vector of its own (what a one-hot context input gives a
+    # plain MLP: no embedding between the value and the shift), under its own prior,
+    # shift_shrinkage * sum over values of |shift|^2 (docs/grouped-defaults.md, section 22).
+    context_shift: bool = False
+    shift_shrinkage: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trunk_units", tuple(int(u) for u in self.trunk_units))
@@ -84,6 +90,8 @@ class GeneratorConfig:
             raise ValueError(f"generator shrinkage must be >= 0, got {self.shrinkage}")
         if self.shared_l2 < 0:
             raise ValueError(f"generator shared_l2 must be >= 0, got {self.shared_l2}")
+        if self.shift_shrinkage < 0:
+            raise ValueError(f"generator shift_shrinkage must be >= 0, got {self.shift_shrinkage}")
 
 
 class ParameterGenerator(tf.keras.layers.Layer):
@@ -97,8 +105,10 @@ class ParameterGenerator(tf.keras.layers.Layer):
       zero for zero conditioning; the encoder then gives no constant part and an
       out-of-vocabulary context zero conditioning, and the composite model shrinks
       every context's deviation (`GeneratorConfig.shrinkage`).
-    - `applies_directly`: `apply_direct(x, conditioning, index)` runs the target on a
-      batch without building each context's full parameter set (a plain MLP's work).
+    - `applies_directly`: `apply_direct(x, conditioning, index, first_shift=...)` runs
+      the target on a batch without building each context's full parameter set (a plain
+      MLP's work); `first_shift` [B, first hidden width], if given, is added to each
+      example's first hidden pre-activation (the composite model's context shifts).
     """
 
     pooled = False
@@ -120,7 +130,7 @@ class ParameterGenerator(tf.keras.layers.Layer):
         return tf.reduce_sum(tf.square(self.deviation(rows)))
 
     def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
-                     return_logits: bool = False) -> tf.Tensor:
+                     return_logits: bool = False, first_shift: tf.Tensor | None = None) -> tf.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not apply directly")
 
     @property

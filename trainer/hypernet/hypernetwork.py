@@ -10,8 +10,10 @@ feature (categorical: integer ids in [0, vocab); numeric: floats), shaped [B] or
 per *distinct* context row of the batch; each example then uses its context's
 parameters. Each categorical context feature also has an output intercept per id,
 fitted after training in closed form (trainer/hypernet/intercepts.py), zero until
-then. `materialize()` turns the parameters of one context into an ordinary Keras model
-with identical outputs (trainer/hypernet/materialize.py).
+then. With `GeneratorConfig.context_shift`, each categorical id also shifts the first
+hidden layer's pre-activation by a free vector of its own. `materialize()` turns the
+parameters of one context into an ordinary Keras model with identical outputs
+(trainer/hypernet/materialize.py).
 """
 
 from __future__ import annotations
@@ -62,7 +64,17 @@ class HyperNetwork(GraphModel):
         self.encoder = ContextEncoder(context, constant=not self.generator.pooled,
                                       stddev=0.1 if self.generator.pooled else 1.0,
                                       name="context_encoder")
-        if self.generator.pooled and self.generator_config.shrinkage and not context.is_static:
+        # Pooled kinds, `context_shift`: per categorical context feature, a free shift of the
+        # first hidden pre-activation per id, zero at the start and for the OOV id.
+        self.shifts = {}
+        if self.generator.pooled and self.generator_config.context_shift and target.hidden_units:
+            self.shifts = {
+                name: self.add_weight(name=f"shift_{safe_name(name)}",
+                                      shape=(int(size), target.hidden_units[0]),
+                                      initializer="zeros")
+                for name, size in context.categorical.items()}
+        if self.generator.pooled and not context.is_static and (
+                self.generator_config.shrinkage or self.generator_config.shift_shrinkage):
             self.add_loss(self.pooling_penalty)  # a callable: read at every training step
         # Regression: the target network predicts a standardised label; prediction =
         # shift + scale * its output. Set from the training labels (set_output_affine),
@@ -105,28 +117,63 @@ class HyperNetwork(GraphModel):
     def conditioning_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """(conditioning [U, d], index [B] into it): U is every possible context when they
         are few, else the batch's distinct contexts (1 for a static hypernetwork)."""
+        rows, index = self.contexts_for_batch(inputs)
+        return self.encoder(rows), index
+
+    def contexts_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor | None, tf.Tensor]:
+        """(context rows [U, n_context] or None when static, index [B] into them)."""
         rows = self.context_rows(inputs)
         if rows is None:
-            batch = tf.shape(inputs[FEATURES])[0]
-            return self.encoder(None), tf.zeros([batch], tf.int32)
+            return None, tf.zeros([tf.shape(inputs[FEATURES])[0]], tf.int32)
         if self.enumerates_contexts:
             sizes = [int(self.context.categorical[n]) for n in self.context.names]
             every = np.indices(sizes).reshape(len(sizes), -1).T  # row-major: id = flat index
             strides = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.float32)
             index = tf.cast(tf.linalg.matvec(rows, tf.constant(strides)), tf.int32)
-            return self.encoder(tf.constant(every, tf.float32)), index
+            return tf.constant(every, tf.float32), index
         unique, index = tf.raw_ops.UniqueV2(x=rows, axis=tf.constant([0], tf.int64),
                                             out_idx=tf.int32)
-        return self.encoder(unique), index
+        return unique, index
 
     def generate_for_batch(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        """(flat parameters [U, num_params], index [B] into them), as conditioning_for_batch."""
-        conditioning, index = self.conditioning_for_batch(inputs)
-        return self.generator(conditioning), index
+        """(flat parameters [U, num_params], index [B] into them), as conditioning_for_batch;
+        the context shifts are in the first hidden layer's bias."""
+        rows, index = self.contexts_for_batch(inputs)
+        flat = self.generator(self.encoder(rows))
+        if not self.shifts or rows is None:
+            return flat, index
+        names = list(self.context.names)
+        shift = self.summed_shifts({name: rows[:, names.index(name)] for name in self.shifts})
+        width = self.target.hidden_units[0]
+        start = self.target.input_dim * width  # the first bias follows the first kernel
+        return tf.concat([flat[:, :start], flat[:, start:start + width] + shift,
+                          flat[:, start + width:]], axis=1), index
 
     def pooling_penalty(self) -> tf.Tensor:
-        """shrinkage * the sum over every context value of its squared deviation."""
-        return self.generator_config.shrinkage * self.generator.penalty(self.encoder.pooling_rows())
+        """shrinkage * the sum over every context value of its squared deviation, plus
+        shift_shrinkage * the sum of its squared shifts."""
+        c = self.generator_config
+        penalty = c.shrinkage * self.generator.penalty(self.encoder.pooling_rows())
+        for name in self.shifts:
+            penalty += c.shift_shrinkage * tf.reduce_sum(tf.square(self.shift_table(name)))
+        return penalty
+
+    def shift_table(self, name: str) -> tf.Tensor:
+        """A context feature's shifts [vocab, first hidden width], the OOV id's pinned to 0
+        (an unseen value gets exactly the shared network)."""
+        table = self.shifts[name]
+        if name not in self.context.oov_ids:
+            return table
+        return table * tf.one_hot(self.context.oov_ids[name], table.shape[0],
+                                  on_value=0.0, off_value=1.0)[:, None]
+
+    def summed_shifts(self, ids: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
+        """[rows, first hidden width]: each row's shifts summed over the context features,
+        from each feature's ids [rows] (None without shifts)."""
+        if not self.shifts:
+            return None
+        return tf.add_n([tf.gather(self.shift_table(name), tf.cast(tf.reshape(ids[name], [-1]), tf.int32))
+                         for name in self.shifts])
 
     def set_output_affine(self, scale: float, shift: float) -> None:
         """prediction = shift + scale * the target's output (a linear head only)."""
@@ -171,7 +218,8 @@ class HyperNetwork(GraphModel):
         x = tf.cast(inputs[FEATURES], tf.float32)
         if self.generator.applies_directly:
             conditioning, index = self.conditioning_for_batch(inputs)
-            return self.generator.apply_direct(x, conditioning, index, return_logits)
+            return self.generator.apply_direct(x, conditioning, index, return_logits,
+                                               first_shift=self.summed_shifts(inputs))
         flat, index = self.generate_for_batch(inputs)
         params = split_params(self.target, flat)
         if self.enumerates_contexts:

@@ -123,12 +123,13 @@ class FilmGenerator(PooledGenerator):
         return tf.concat(flat, axis=-1)
 
     def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
-                     return_logits: bool = False) -> tf.Tensor:
+                     return_logits: bool = False, first_shift: tf.Tensor | None = None) -> tf.Tensor:
         s, parts, h = self.spec, self.parts_per_example(conditioning, index), x
         for layer in range(len(s.hidden_units)):
             gamma, beta = tf.split(parts[layer], 2, axis=-1)
             z = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1]
-            h = activation(s.activation)(z * (1.0 + gamma) + beta)
+            z = z * (1.0 + gamma) + beta
+            h = activation(s.activation)(z if layer or first_shift is None else z + first_shift)
         d_kernel, d_bias = self._output_deviation(parts[-1])
         # h [B, in] through each example's own [in, out]: a broadcast product and a sum
         # (an einsum ran it as B tiny matrix products).
@@ -214,7 +215,7 @@ class LowRankGenerator(PooledGenerator):
         return tf.concat(flat, axis=-1)
 
     def apply_direct(self, x: tf.Tensor, conditioning: tf.Tensor, index: tf.Tensor,
-                     return_logits: bool = False) -> tf.Tensor:
+                     return_logits: bool = False, first_shift: tf.Tensor | None = None) -> tf.Tensor:
         """Each example's A(c) and B(c) are never formed. With e its conditioning row and
         K the map's kernel, h A(c) = sum_k e_k (h K_A[k]) is one [B, in] x [in, d r]
         product (K_A stored [d r, in], transposed inside the multiply), and
@@ -228,6 +229,8 @@ class LowRankGenerator(PooledGenerator):
         for layer, (k_a, k_b, k_bias) in enumerate(self.by_layer(kernels)):
             fan_in, fan_out = s.layer_widths[layer], s.layer_widths[layer + 1]
             z = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1] + tf.matmul(e, k_bias)
+            if layer == 0 and first_shift is not None:
+                z += first_shift
             if k_a is not None:
                 projected = tf.matmul(h, tf.reshape(k_a, [d * r, fan_in]), transpose_b=True)
                 h_a = tf.reduce_sum(tf.reshape(projected, [batch, d, r]) * e[:, :, None], axis=1)

@@ -13,11 +13,16 @@ from trainer.hypernet.generator import GeneratorConfig
 from trainer.hypernet.hypernetwork import FEATURES, HyperNetwork
 from trainer.hypernet.target_spec import TargetSpec
 
-KINDS = ("film", "lowrank", "lowrank_all")  # lowrank_all: a rank deviation on every kernel
+# lowrank_all: a rank deviation on every kernel; *_shift: with the context shifts
+KINDS = ("film", "lowrank", "lowrank_all", "film_shift", "lowrank_shift")
 WITH_OOV = ContextSpec(categorical={"cat": 5}, oov_ids={"cat": 4})
 
 
 def generator_config(kind: str, **settings: object) -> GeneratorConfig:
+    if kind.endswith("_shift"):
+        kind = kind.removesuffix("_shift")
+        settings = {**settings, "context_shift": True,
+                    "shift_shrinkage": 0.5 * float(settings.get("shrinkage", 0.0))}
     if kind == "lowrank_all":
         return GeneratorConfig(kind="lowrank", rank_layers="all", **settings)
     return GeneratorConfig(kind=kind, **settings)
@@ -129,6 +134,10 @@ def test_penalty_is_shrinkage_times_every_contexts_squared_deviation(kind):
         flat, _ = model.generate_for_batch({FEATURES: tf.zeros([1, 5]), "cat": tf.constant([cat])})
         deviations.append(model.generator.deviation(model.encoder(tf.constant([[float(cat)]]))))
     expected = 0.25 * sum(float(tf.reduce_sum(tf.square(d))) for d in deviations)
+    if model.shifts:  # their own prior, on every id but the OOV one
+        shifts = model.shifts["cat"].numpy()
+        assert np.all(shifts[4] != 0)  # perturbed: the pinning is the table's read, not its value
+        expected += 0.125 * float(np.sum(shifts[:4] ** 2))
     assert float(penalty) == pytest.approx(expected, rel=1e-5)
     assert float(tf.reduce_sum(tf.square(deviations[4]))) == 0.0  # the OOV id: no deviation
 
@@ -196,3 +205,36 @@ def test_a_regression_scale_and_shift_reach_the_materialized_network(kind):
                                    rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="needs a linear head"):
         build(kind if kind != "full" else "film", context).set_output_affine(2.0, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["film_shift", "lowrank_shift"])
+def test_a_context_shift_is_its_ids_row_added_to_the_first_hidden_bias(kind):
+    """Each id's own row of the table, on the first hidden layer's bias alone; none for the
+    OOV id, and none at all without `context_shift` (the same seed, the same weights)."""
+    model = build(kind, WITH_OOV)
+    plain = build(kind.removesuffix("_shift"), WITH_OOV)
+    assert [v.name for v in model.trainable_variables if "shift" in v.name] == ["shift_cat:0"]
+    assert model.shifts["cat"].shape == (5, 6)
+    table = model.shifts["cat"].numpy()
+    model.shifts["cat"].assign(np.zeros_like(table))
+    unshifted = [model.generated_weights({"cat": c}) for c in range(5)]
+    model.shifts["cat"].assign(table)
+    for cat in range(5):
+        shifted = model.generated_weights({"cat": cat})
+        moved = [i for i, (a, b) in enumerate(zip(shifted, unshifted[cat])) if not np.array_equal(a, b)]
+        assert moved == ([] if cat == 4 else [1])
+        np.testing.assert_allclose(shifted[1] - unshifted[cat][1], 0.0 if cat == 4 else table[cat],
+                                   atol=1e-6)
+    assert not plain.shifts and not [v for v in plain.trainable_variables if "shift" in v.name]
+
+
+def test_a_context_shift_needs_a_hidden_layer_and_a_categorical_context():
+    for spec, context in [(TargetSpec(5, (), 1), WITH_OOV),
+                          (TargetSpec(5, (6,), 1), CONTEXTS["numeric"])]:
+        model = HyperNetwork(spec, context, generator_config("film_shift"))
+        assert not model.shifts
+
+
+def test_shift_shrinkage_must_not_be_negative():
+    with pytest.raises(ValueError, match="shift_shrinkage must be >= 0, got -1"):
+        GeneratorConfig(kind="film", context_shift=True, shift_shrinkage=-1.0)
