@@ -340,14 +340,15 @@ CHECK = re.compile(r"warm start check: payment_type token '(.*)' id (\d+) \(base
                    r"embedding row \[(.*)\]")
 
 
-def warm_started_candidates(output: str) -> dict[tuple[str, float, float], bool]:
-    """{(generator, pooling, shared L2): warm-started?} from the Trainer's log, candidate by
-    candidate."""
+def warm_started_candidates(output: str) -> dict[tuple[str, float, float, str], bool]:
+    """{(generator, pooling, shared L2, shift pooling): warm-started?} from the Trainer's
+    log, candidate by candidate."""
     out, warm = {}, None
     for m in re.finditer(r"warm start from |warm start skipped|generator (\w+), pooling "
-                         r"([\d.]+), shared L2 ([\d.e-]+): eval", output):
+                         r"([\d.]+), shared L2 ([\d.e-]+), shift pooling (None|[\d.e-]+): eval",
+                         output):
         if m.group(1):
-            out[(m.group(1), float(m.group(2)), float(m.group(3)))] = warm
+            out[(m.group(1), float(m.group(2)), float(m.group(3)), m.group(4))] = warm
         else:
             warm = m.group(0) == "warm start from "
     return out
@@ -374,7 +375,7 @@ def test_good_span_warm_starts_from_span_1_by_token(replay):
     kind = trainer_history(replay.config, first.runs[0])["generator"][0]
     candidates = warm_started_candidates(step.output)
     assert len(candidates) == len(model_candidates(replay.config.model)), candidates
-    assert {warm for (k, _, _), warm in candidates.items() if k == kind} == {True}, candidates
+    assert {warm for (k, *_), warm in candidates.items() if k == kind} == {True}, candidates
     # A shared context value's embedding row, read from the new model before its first
     # step, is the row span 1's model holds for that value, at its id there.
     check = CHECK.search(step.output)
