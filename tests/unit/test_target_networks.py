@@ -90,12 +90,18 @@ def test_thousands_of_values_take_the_top_ranks_lazily():
 
 
 def test_each_network_serves_raw_examples_like_the_hypernetwork(taxi, exported, networks):
-    config, rows, dtypes, tft_output = taxi
-    out, manifest = networks
+    _, rows, dtypes, _ = taxi
+    assert_networks_serve_like_the_hypernetwork(exported[0], *networks, rows, dtypes)
+
+
+def assert_networks_serve_like_the_hypernetwork(model_dir: str, out: str, manifest: dict,
+                                                rows: list, dtypes: dict) -> None:
+    """200 raw rows and an unseen context value, each through its context's network and
+    through the exported hypernetwork: the same probabilities."""
     requests = [{k: v for k, v in r.items() if k != "tips"} for r in rows[:200]]
     requests.append({"payment_type": "Bitcoin", "fare": "12.5"})  # unseen context -> OOV
     serialized = tf.constant([to_example(r, dtypes) for r in requests])
-    hyper = tf.saved_model.load(exported[0])
+    hyper = tf.saved_model.load(model_dir)
     expected = hyper.signatures["serving_default"](examples=serialized)["probabilities"].numpy()
     ids = hyper.signatures["transform_features"](examples=serialized)[
         transformed_name("payment_type")].numpy().reshape(-1)
@@ -144,9 +150,9 @@ def test_numeric_context_needs_listed_values():
 
 def test_a_kept_candidate_with_context_shifts_is_rebuilt_with_them(taxi, tmp_path):
     """The Trainer may keep a candidate with context shifts: the rebuild tries each listed
-    kind with and without them, and a context's generated weights (its shift in the first
-    bias) come back the same."""
-    config, _, _, tft_output = taxi
+    kind with and without them, a context's generated weights (its shift in the first
+    bias) come back the same, and each exported network serves as the hypernetwork does."""
+    config, rows, dtypes, tft_output = taxi
     listed = (configs.Candidate("film", 30.0), configs.Candidate("lowrank", 30.0, 0.003, 3.0))
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, candidates=listed))
     model = ConfiguredHyperModel(config, ModelLayout.from_transform(config, tft_output), 30.0, 100,
@@ -164,6 +170,9 @@ def test_a_kept_candidate_with_context_shifts_is_rebuilt_with_them(taxi, tmp_pat
     context = {config.context[0]: 1}
     for a, b in zip(rebuilt.hyper.generated_weights(context), model.hyper.generated_weights(context)):
         np.testing.assert_array_equal(a, b)
+    out = str(tmp_path / "networks")
+    manifest = export_target_networks(config, path, tft_output, out)
+    assert_networks_serve_like_the_hypernetwork(path, out, manifest, rows, dtypes)
     without = dataclasses.replace(config, model=dataclasses.replace(config.model,
                                                                    candidates=listed[:1]))
     with pytest.raises(ValueError, match="cannot rebuild the hypernetwork"):
