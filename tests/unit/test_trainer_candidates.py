@@ -12,13 +12,13 @@ from pipeline import configs
 from tests.support import transform
 from trainer.hypernet.kinds import GENERATOR_KINDS
 from trainer.model import ConfiguredHyperModel, ModelLayout
-from trainer.task import model_candidates as fitted_candidates
+from trainer.task import model_candidates
 
 
-def model_candidates(m: configs.ModelConfig, anchor: bool = False) -> list[tuple]:
-    """The Trainer's candidates as (generator, pooling, shared L2) triples; a listed
-    candidate's shift_pooling is checked where it is given."""
-    fitted = fitted_candidates(m, anchor)
+def triples(m: configs.ModelConfig, anchor: bool = False) -> list[tuple]:
+    """The Trainer's candidates as (generator, pooling, shared L2); none has a
+    shift_pooling its config did not list."""
+    fitted = model_candidates(m, anchor)
     listed = {c for c in m.candidates if c.shift_pooling is not None}
     assert all(c.shift_pooling is None or c in listed for c in fitted)
     return [(c.generator, c.pooling, c.shared_l2) for c in fitted]
@@ -26,26 +26,26 @@ def model_candidates(m: configs.ModelConfig, anchor: bool = False) -> list[tuple
 
 def test_every_kind_pooling_and_shared_l2_combination_is_a_candidate():
     m = configs.ModelConfig(generator=("film", "lowrank"), pooling=(10.0,), shared_l2=(0.0, 0.003))
-    assert model_candidates(m) == [("film", 10.0, 0.0), ("film", 10.0, 0.003),
+    assert triples(m) == [("film", 10.0, 0.0), ("film", 10.0, 0.003),
                                    ("lowrank", 10.0, 0.0), ("lowrank", 10.0, 0.003)]
     # An anchor has no generator: one fit, its first kind standing in, no pooling or L2.
-    assert model_candidates(dataclasses.replace(m, pooling=(3.0, 10.0)), anchor=True) == [
+    assert triples(dataclasses.replace(m, pooling=(3.0, 10.0)), anchor=True) == [
         ("film", 0.0, 0.0)]
 
 
 def test_a_full_generator_is_one_candidate_whatever_the_pooling_and_l2_grids():
     m = configs.ModelConfig(generator=("full", "film"), pooling=(3.0, 10.0), shared_l2=(0.0, 0.01))
-    candidates = model_candidates(m)
+    candidates = triples(m)
     assert candidates[0] == ("full", 0.0, 0.0)
     assert len(candidates) == 1 + 4 and sum(k == "full" for k, _, _ in candidates) == 1
 
 
 def test_the_default_is_the_listed_candidates_and_a_grid_field_replaces_the_list():
-    assert model_candidates(configs.ModelConfig()) == [
+    assert triples(configs.ModelConfig()) == [
         (c.generator, c.pooling, c.shared_l2) for c in configs.DEFAULT_CANDIDATES]
     # One grid field given: the grid, its other fields at GRID_DEFAULTS (lowrank without
     # the L2 was never kept on eval: docs/grouped-defaults.md, section 14).
-    assert model_candidates(configs.ModelConfig(pooling=(10.0,))) == [
+    assert triples(configs.ModelConfig(pooling=(10.0,))) == [
         ("film", 10.0, 0.0), ("film", 10.0, 0.003), ("lowrank", 10.0, 0.003)]
 
 
@@ -53,17 +53,17 @@ def test_listed_candidates_are_fitted_as_listed_in_order_and_pairings_need_not_c
     listed = (configs.Candidate("lowrank", 300.0, 0.01), configs.Candidate("film", 30.0),
               configs.Candidate("lowrank", 30.0, 0.003, 3.0), configs.Candidate("full"))
     m = configs.ModelConfig(candidates=listed)
-    assert model_candidates(m) == [("lowrank", 300.0, 0.01), ("film", 30.0, 0.0),
+    assert triples(m) == [("lowrank", 300.0, 0.01), ("film", 30.0, 0.0),
                                    ("lowrank", 30.0, 0.003), ("full", 0.0, 0.0)]
-    assert [c.shift_pooling for c in fitted_candidates(m)] == [None, None, 3.0, None]
+    assert [c.shift_pooling for c in model_candidates(m)] == [None, None, 3.0, None]
     assert m.kinds == ("lowrank", "film", "full")
-    assert model_candidates(m, anchor=True) == [("lowrank", 0.0, 0.0)]
+    assert triples(m, anchor=True) == [("lowrank", 0.0, 0.0)]
 
 
 def test_shared_l2_per_kind_gives_each_kind_its_own_strengths():
     m = configs.ModelConfig(generator=("lowrank", "full", "film"), pooling=(3.0, 10.0),
                             shared_l2={"film": (0.0,), "lowrank": (0.01, 0.1)})
-    assert model_candidates(m) == [
+    assert triples(m) == [
         ("lowrank", 3.0, 0.01), ("lowrank", 3.0, 0.1), ("lowrank", 10.0, 0.01),
         ("lowrank", 10.0, 0.1), ("full", 0.0, 0.0), ("film", 3.0, 0.0), ("film", 10.0, 0.0)]
 
@@ -72,7 +72,7 @@ def test_pooling_per_kind_pairs_each_kinds_own_strengths_with_its_shared_l2():
     m = configs.ModelConfig(generator=("film", "full", "lowrank"),
                             pooling={"film": (10.0,), "lowrank": (100.0, 300.0)},
                             shared_l2={"film": (0.0,), "lowrank": (0.01,)})
-    assert model_candidates(m) == [("film", 10.0, 0.0), ("full", 0.0, 0.0),
+    assert triples(m) == [("film", 10.0, 0.0), ("full", 0.0, 0.0),
                                    ("lowrank", 100.0, 0.01), ("lowrank", 300.0, 0.01)]
 
 
