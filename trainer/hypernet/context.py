@@ -118,10 +118,7 @@ class ContextEncoder(tf.keras.layers.Layer):
             if name in self.embeddings:
                 # The table read whole (a dense gradient, not a scatter over every row).
                 table = self.embeddings[name].embeddings
-                if name in c.oov_ids:
-                    table = table * tf.one_hot(c.oov_ids[name], table.shape[0],
-                                               on_value=0.0, off_value=1.0)[:, None]
-                vectors = table
+                vectors = without_oov_row(table, c.oov_ids.get(name))
                 blocks.append(tf.pad(vectors, [[0, 0], [offset, width - offset - c.embedding_dim]]))
                 offset += c.embedding_dim
             else:
@@ -134,6 +131,14 @@ class ContextEncoder(tf.keras.layers.Layer):
         """d: the constant part, one embedding per categorical feature, one value per numeric."""
         c = self.context
         return c.embedding_dim * (int(self.has_constant) + len(c.categorical)) + len(c.numeric)
+
+
+def without_oov_row(table: tf.Tensor, oov_id: int | None) -> tf.Tensor:
+    """A per-id table [vocab, width] with the out-of-vocabulary id's row read as zero (the
+    variable keeps its value; an unseen value must condition on nothing)."""
+    if oov_id is None:
+        return table
+    return table * tf.one_hot(oov_id, table.shape[0], on_value=0.0, off_value=1.0)[:, None]
 
 
 def safe_name(name: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from trainer.hypernet.context import ContextEncoder, ContextSpec, safe_name
+from trainer.hypernet.context import ContextEncoder, ContextSpec, safe_name, without_oov_row
 from trainer.hypernet.functional_target import (
     activation,
     apply_indexed,
@@ -161,11 +161,7 @@ class HyperNetwork(GraphModel):
     def shift_table(self, name: str) -> tf.Tensor:
         """A context feature's shifts [vocab, first hidden width], the OOV id's pinned to 0
         (an unseen value gets exactly the shared network)."""
-        table = self.shifts[name]
-        if name not in self.context.oov_ids:
-            return table
-        return table * tf.one_hot(self.context.oov_ids[name], table.shape[0],
-                                  on_value=0.0, off_value=1.0)[:, None]
+        return without_oov_row(self.shifts[name], self.context.oov_ids.get(name))
 
     def summed_shifts(self, ids: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
         """[rows, first hidden width]: each row's shifts summed over the context features,

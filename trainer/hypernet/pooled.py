@@ -129,7 +129,9 @@ class FilmGenerator(PooledGenerator):
             gamma, beta = tf.split(parts[layer], 2, axis=-1)
             z = tf.matmul(h, self.shared[2 * layer]) + self.shared[2 * layer + 1]
             z = z * (1.0 + gamma) + beta
-            h = activation(s.activation)(z if layer or first_shift is None else z + first_shift)
+            if layer == 0 and first_shift is not None:
+                z += first_shift
+            h = activation(s.activation)(z)
         d_kernel, d_bias = self._output_deviation(parts[-1])
         # h [B, in] through each example's own [in, out]: a broadcast product and a sum
         # (an einsum ran it as B tiny matrix products).
